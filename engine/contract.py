@@ -1,0 +1,232 @@
+"""Plate-by-plate log-space tensor contraction, planned with opt_einsum.
+
+The plan is static: it depends on the model's structure, K and the plate sizes, never on
+sample values, so it is built once per compiled program and reused every iteration.
+
+Within one plate level the factors that share K-dims local to that plate form a
+component; each component is one einsum (planned by `opt_einsum.contract_path`) that
+sums out its local K-dims in log space. The result, less log K per summed dim, is summed
+over the plate's elements and handed to the enclosing level as a new factor.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import opt_einsum
+import torch
+
+from .named import Named
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_PLAN_CACHE: dict = {}
+
+
+@dataclass
+class Step:
+    inputs: tuple[int, ...]      # positions in the component's working list of operands
+    in_dims: tuple[tuple[str, ...], ...]
+    removed: tuple[str, ...]     # dims summed out at this step
+    out_dims: tuple[str, ...]
+    equation: str
+
+
+@dataclass
+class Component:
+    factors: list[str]           # factor names, in order
+    local: tuple[str, ...]       # K-dims summed out here
+    out_dims: tuple[str, ...]    # before the plate sum
+    steps: list[Step]
+    info: object                 # opt_einsum PathInfo (None for a lone factor with nothing to sum)
+
+
+@dataclass
+class Level:
+    plate: str | None            # None is the root
+    components: list[Component] = field(default_factory=list)
+
+
+class Plan:
+    """Levels innermost first; each factor in exactly one component of one level."""
+
+    def __init__(self, factor_dims: dict[str, tuple[str, ...]], home: dict[str, str | None],
+                 plate_parent: dict[str, str | None], sizes: dict[str, int], rank: dict[str, int],
+                 optimize: str = "greedy"):
+        self.sizes, self.rank, self.plate_parent = sizes, rank, plate_parent
+        self.optimize = optimize
+        depth = {p: len(self._chain(p)) for p in plate_parent}
+        order = sorted(plate_parent, key=lambda p: -depth[p]) + [None]   # innermost first
+        pending = {lvl: [] for lvl in order}
+        dims_of = dict(factor_dims)
+        for name, dims in factor_dims.items():
+            pending[self._level(dims, depth)].append(name)
+        self.levels: list[Level] = []
+        for plate in order:
+            level = Level(plate)
+            local = {d for d, h in home.items() if h == plate}
+            for names in _components(pending[plate], dims_of, local):
+                comp = self._component(names, dims_of, local, plate)
+                level.components.append(comp)
+                up = tuple(d for d in comp.out_dims if d != plate)
+                key = f"<{plate}:{len(level.components) - 1}>"
+                dims_of[key] = up
+                if plate is not None:
+                    pending[self._level(up, depth)].append(key)
+            self.levels.append(level)
+
+    def _chain(self, p):
+        out = []
+        while p is not None:
+            out.append(p)
+            p = self.plate_parent[p]
+        return out
+
+    def _level(self, dims, depth):
+        plates = [d for d in dims if d in self.plate_parent]
+        return max(plates, key=lambda p: depth[p]) if plates else None
+
+    def _component(self, names, dims_of, local, plate) -> Component:
+        dims = sorted({d for n in names for d in dims_of[n]}, key=lambda d: self.rank[d])
+        here = tuple(d for d in dims if d in local)
+        out = tuple(d for d in dims if d not in local)
+        if len(names) == 1 and not here:
+            return Component(names, here, out, [], None)
+        letter = {d: _LETTERS[i] for i, d in enumerate(dims)}
+        operands = [dims_of[n] for n in names]
+        eq = ",".join("".join(letter[d] for d in o) for o in operands) + "->" + "".join(letter[d] for d in out)
+        shapes = [tuple(self.sizes[d] for d in o) for o in operands]
+        key = (eq, tuple(shapes), self.optimize)
+        if key not in _PLAN_CACHE:
+            _PLAN_CACHE[key] = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=self.optimize)
+        path, info = _PLAN_CACHE[key]
+        steps, work = [], list(operands)
+        for pos in path:
+            ins = [work[i] for i in pos]
+            rest = [w for i, w in enumerate(work) if i not in pos]
+            keep = set(out).union(*map(set, rest)) if rest else set(out)
+            present = sorted(set().union(*map(set, ins)), key=lambda d: self.rank[d])
+            o = tuple(d for d in present if d in keep)
+            removed = tuple(d for d in present if d not in keep)
+            seq = ",".join("".join(letter[d] for d in i) for i in ins) + "->" + "".join(letter[d] for d in o)
+            steps.append(Step(tuple(pos), tuple(ins), removed, o, seq))
+            work = rest + [o]
+        return Component(names, here, out, steps, info)
+
+    # ---- running ------------------------------------------------------------------
+    def contract(self, factors: dict[str, Named], K: dict[str, int]) -> tuple[torch.Tensor, list]:
+        """log P_MP and, for posterior sampling, the operands of every step."""
+        vals = dict(factors)
+        trace = []
+        total = None
+        for level in self.levels:
+            lvl_trace = []
+            for ci, comp in enumerate(level.components):
+                work = [vals[n] for n in comp.factors]
+                steps = []
+                for st in comp.steps:
+                    ins = [work[i] for i in st.inputs]
+                    work = [w for i, w in enumerate(work) if i not in st.inputs]
+                    res = logspace_einsum(ins, st.removed, st.out_dims, st.equation)
+                    steps.append(ins)
+                    work.append(res)
+                (res,) = work
+                lvl_trace.append(steps)
+                t = res.t - sum(math.log(K[d]) for d in comp.local)
+                plate = level.plate
+                if plate is None:
+                    total = t if total is None else total + t
+                else:
+                    if plate in res.dims:
+                        t = t.sum(res.dims.index(plate))
+                    else:
+                        t = t * self.sizes[plate]
+                    vals[f"<{plate}:{ci}>"] = Named(t, tuple(d for d in res.dims if d != plate))
+            trace.append(lvl_trace)
+        return total, trace
+
+    def describe(self) -> list[dict]:
+        """The plan for people: per level, per component, the steps and their costs."""
+        out = []
+        for level in self.levels:
+            for comp in level.components:
+                d = {"plate": level.plate or "(global)", "factors": comp.factors, "sums_out": list(comp.local),
+                     "output": list(comp.out_dims), "steps": []}
+                if comp.info is not None:
+                    info = comp.info
+                    d.update(equation=info.eq, naive_flops=int(info.naive_cost), optimized_flops=int(info.opt_cost),
+                             largest_intermediate=int(info.largest_intermediate))
+                    for st, c in zip(comp.steps, info.contraction_list):
+                        size = math.prod(self.sizes[x] for x in st.out_dims)
+                        d["steps"].append({"operands": list(st.inputs), "equation": st.equation,
+                                           "sums_out": list(st.removed), "output_elements": size})
+                else:
+                    n = math.prod(self.sizes[x] for x in comp.out_dims)
+                    d.update(equation="(one factor, nothing to sum)", naive_flops=n, optimized_flops=n,
+                             largest_intermediate=n)
+                out.append(d)
+        return out
+
+
+def _components(names, dims_of, local):
+    """Group factors that share a local K-dim (union-find)."""
+    parent = {n: n for n in names}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    owner = {}
+    for n in names:
+        for d in dims_of[n]:
+            if d in local:
+                if d in owner:
+                    parent[find(n)] = find(owner[d])
+                else:
+                    owner[d] = n
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(find(n), []).append(n)
+    return list(groups.values())
+
+
+def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[str, ...], eq: str) -> Named:
+    """log einsum(exp(a), exp(b), ...): each operand is shifted by its own max over the
+    summed dims. If that underflows (operands whose maxima sit at different values of a
+    summed index), the step is redone in float64 and, failing that, by an exact
+    broadcast logsumexp."""
+    if len(ins) == 1 and not removed:
+        (x,) = ins
+        return Named(x.t.permute(*[x.dims.index(d) for d in out_dims]), out_dims)
+    res = _shifted(ins, removed, out_dims, eq, None)
+    if torch.isneginf(res).any():
+        if res.dtype == torch.float32:
+            res = _shifted(ins, removed, out_dims, eq, torch.float64).to(res.dtype)
+        if torch.isneginf(res).any():
+            res = _broadcast_lse(ins, removed, out_dims)
+    return Named(res, out_dims)
+
+
+def _shifted(ins, removed, out_dims, eq, dtype):
+    exps, shift = [], 0
+    for x in ins:
+        t = x.t if dtype is None else x.t.to(dtype)
+        axes = [i for i, d in enumerate(x.dims) if d in removed]
+        if axes:
+            m = t.detach().amax(dim=axes, keepdim=True)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        else:
+            m = t.detach()
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        exps.append(torch.exp(t - m))
+        kept = tuple(d for d in x.dims if d not in removed)
+        shift = shift + Named(m.reshape([s for i, s in enumerate(m.shape) if x.dims[i] not in removed]), kept).align(out_dims, 0)
+    return torch.log(torch.einsum(eq, *exps)) + shift
+
+
+def _broadcast_lse(ins, removed, out_dims):
+    dims = tuple(out_dims) + tuple(removed)
+    total = sum(x.align(dims, 0) for x in ins)
+    if removed:
+        total = torch.logsumexp(total, dim=tuple(range(len(out_dims), len(dims))))
+    return total.expand(*[max(x.sizes.get(d, 1) for x in ins) for d in out_dims])

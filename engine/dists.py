@@ -1,0 +1,130 @@
+"""Distributions a node may use, described by their signature.
+
+Each entry names the torch class, its arguments (in order, with defaults and the
+alternatives of which exactly one must be given), the event rank each argument has
+natively (a Dirichlet's concentration is a vector), and the event rank of a value.
+The workbench builds its argument forms from these signatures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributions as D
+from torch.distributions import constraints
+
+from .errors import ModelError
+from .named import Named
+
+
+@dataclass(frozen=True)
+class DistSpec:
+    name: str
+    cls: type
+    args: tuple[str, ...]                     # every argument the distribution accepts
+    defaults: dict = field(default_factory=dict)
+    one_of: tuple[tuple[str, ...], ...] = ()  # groups of alternatives: exactly one required
+    arg_rank: dict = field(default_factory=dict)   # native event rank per argument (default 0)
+    value_rank: int = 0
+    discrete: bool = False
+    doc: str = ""
+
+    def required(self) -> tuple[str, ...]:
+        alts = {a for g in self.one_of for a in g}
+        return tuple(a for a in self.args if a not in self.defaults and a not in alts)
+
+
+def _spec(name, cls, args, doc, **kw):
+    return DistSpec(name, cls, tuple(args), doc=doc, **kw)
+
+
+_PROB = (("probs", "logits"),)
+DISTRIBUTIONS: dict[str, DistSpec] = {s.name: s for s in [
+    _spec("Normal", D.Normal, ["loc", "scale"], "real line"),
+    _spec("HalfNormal", D.HalfNormal, ["scale"], "x >= 0"),
+    _spec("HalfCauchy", D.HalfCauchy, ["scale"], "x >= 0, heavy tailed"),
+    _spec("LogNormal", D.LogNormal, ["loc", "scale"], "x > 0, log x ~ Normal(loc, scale)"),
+    _spec("Gamma", D.Gamma, ["concentration", "rate"], "x > 0, mean concentration/rate"),
+    _spec("InverseGamma", D.InverseGamma, ["concentration", "rate"], "x > 0, 1/x ~ Gamma"),
+    _spec("Exponential", D.Exponential, ["rate"], "x >= 0, mean 1/rate"),
+    _spec("Beta", D.Beta, ["concentration1", "concentration0"], "0 < x < 1, mean c1/(c1+c0)"),
+    _spec("Uniform", D.Uniform, ["low", "high"], "low <= x < high"),
+    _spec("StudentT", D.StudentT, ["df", "loc", "scale"], "real line, heavy tailed",
+          defaults={"loc": 0.0, "scale": 1.0}),
+    _spec("Laplace", D.Laplace, ["loc", "scale"], "real line, double exponential"),
+    _spec("Bernoulli", D.Bernoulli, ["probs", "logits"], "x in {0, 1}", one_of=_PROB, discrete=True),
+    _spec("Binomial", D.Binomial, ["total_count", "probs", "logits"], "x in 0..total_count",
+          defaults={"total_count": 1}, one_of=_PROB, discrete=True),
+    _spec("Categorical", D.Categorical, ["probs", "logits"], "x in 0..n-1", one_of=_PROB,
+          arg_rank={"probs": 1, "logits": 1}, discrete=True),
+    _spec("Poisson", D.Poisson, ["rate"], "x in 0, 1, 2, ...", discrete=True),
+    _spec("NegativeBinomial", D.NegativeBinomial, ["total_count", "probs", "logits"],
+          "x in 0, 1, 2, ... (failures before total_count successes)", one_of=_PROB, discrete=True),
+    _spec("Dirichlet", D.Dirichlet, ["concentration"], "x on the simplex",
+          arg_rank={"concentration": 1}, value_rank=1),
+    _spec("MultivariateNormal", D.MultivariateNormal,
+          ["loc", "covariance_matrix", "scale_tril", "precision_matrix"], "real vector",
+          one_of=(("covariance_matrix", "scale_tril", "precision_matrix"),),
+          arg_rank={"loc": 1, "covariance_matrix": 2, "scale_tril": 2, "precision_matrix": 2},
+          value_rank=1),
+]}
+
+
+def get_spec(name: str, where: str) -> DistSpec:
+    try:
+        return DISTRIBUTIONS[name]
+    except KeyError:
+        raise ModelError(f"{where}: unknown distribution {name!r} "
+                         f"(known: {', '.join(sorted(DISTRIBUTIONS))})") from None
+
+
+def check_args(spec: DistSpec, given: set[str], where: str) -> None:
+    unknown = given - set(spec.args)
+    if unknown:
+        raise ModelError(f"{where}: {spec.name} has no argument {sorted(unknown)[0]!r} "
+                         f"(arguments: {', '.join(spec.args)})")
+    missing = [a for a in spec.required() if a not in given]
+    if missing:
+        raise ModelError(f"{where}: {spec.name} needs argument {missing[0]!r}")
+    for group in spec.one_of:
+        n = sum(a in given for a in group)
+        if n != 1:
+            raise ModelError(f"{where}: {spec.name} needs exactly one of {', '.join(group)} (got {n})")
+
+
+def build(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra: int, where: str):
+    """The torch distribution with every argument aligned to batch `dims`.
+
+    `n_extra` trailing batch dims are reinterpreted as event dims (a Normal latent of
+    shape [18]); the caller sums them out of log_prob.
+    """
+    tensors = {}
+    for a, v in args.items():
+        r = spec.arg_rank.get(a, 0)
+        extra = len(v.event_shape) - r
+        if extra < 0:
+            raise ModelError(f"{where}: {spec.name} argument {a!r} needs {r} event dim(s), "
+                             f"got shape {v.event_shape}")
+        if extra > n_extra:
+            raise ModelError(f"{where}: argument {a!r} has event shape {v.event_shape}, "
+                             f"more dims than the node's shape allows")
+        tensors[a] = v.align(dims, r + n_extra)
+    try:
+        return spec.cls(**tensors, validate_args=False)
+    except (RuntimeError, ValueError) as e:
+        raise ModelError(f"{where}: cannot build {spec.name} from its arguments "
+                         f"({', '.join(f'{a}: {tuple(t.shape)}' for a, t in tensors.items())}): {e}") from None
+
+
+def support_fill(support) -> float:
+    """A value inside `support`, used in place of missing (NaN) observations."""
+    if isinstance(support, (constraints.greater_than, constraints.greater_than_eq)):
+        return float(support.lower_bound) + 1.0
+    if isinstance(support, constraints.interval) or isinstance(support, constraints.half_open_interval):
+        return 0.5 * (float(support.lower_bound) + float(support.upper_bound))
+    return 0.0
+
+
+def event_sum(lp: torch.Tensor, n: int) -> torch.Tensor:
+    return lp.sum(tuple(range(-n, 0))) if n else lp
+

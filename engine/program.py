@@ -1,0 +1,395 @@
+"""A model compiled for one K, device and dtype: K-particle sampling and factors.
+
+Every latent i gets one K-dim (named "K:i", or "K:GROUP" when latents share one, or a
+single "K" for global importance sampling). A factor is a tensor over K-dims and plates:
+  latent:   log P(z_i^{k_i} | z_pa^{k_pa}) - log Q_MP(z_i^{k_i} | ...)
+  observed: log P(x | z_pa^{k_pa})
+With the prior as proposal, particles of a parent outside the latent's K-dim are coupled
+by a random permutation per plate element, and Q_MP is the uniform mixture over those
+parents' particles (a logmeanexp over their K-dims of the very same log-prob tensor).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .contract import Plan
+from .dists import build, event_sum, get_spec, support_fill
+from .errors import ModelError
+from .expr import Env
+from .model import Model, Node, Param
+from .named import Named
+from torch.distributions import constraints
+
+from .proposal import FAMILIES, Proposal, check_family, default_family
+
+
+def resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"device {device!r} is not a device (use auto, cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was asked for but no CUDA GPU is available (use auto or cpu)")
+    return dev
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    table = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
+             torch.float64: torch.float64}
+    if dtype not in table:
+        raise ModelError(f"dtype {dtype!r} is not supported (use float32 or float64)")
+    return table[dtype]
+
+
+class Program:
+    def __init__(self, model: Model, K: int, *, mode: str = "mp", device="auto", dtype="float32",
+                 proposal="prior", params: dict | None = None, optimize: str = "greedy"):
+        if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
+            raise ModelError(f"K must be a positive integer, got {K!r}")
+        if mode not in ("mp", "global"):
+            raise ModelError(f"mode must be 'mp' or 'global', got {mode!r}")
+        model.validate()
+        self.model, self.K, self.mode = model, int(K), mode
+        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        self.nodes: list[Node] = model.nodes
+        self.latents = [n.name for n in self.nodes if n.kind == "latent"]
+        self.chain = {n.name: model.chain(n.plate) for n in self.nodes}
+        self.kdim = {i: "K" if mode == "global" else f"K:{model.node(i).group or i}" for i in self.latents}
+        self.plate_sizes = {p.name: p.size for p in model.plates.values()}
+        self.sizes = {**self.plate_sizes, **{d: self.K for d in self.kdim.values()}}
+        kdims = list(dict.fromkeys(self.kdim[i] for i in self.latents))
+        plate_order = []
+        for n in self.nodes:
+            for p in self.chain[n.name]:
+                if p not in plate_order:
+                    plate_order.append(p)
+        plate_order += [p for p in model.plates if p not in plate_order]
+        self.rank = {"draw": -1, **{d: i for i, d in enumerate(kdims)},
+                     **{p: len(kdims) + j for j, p in enumerate(plate_order)}}
+        self.exprs = {n.name: n.exprs() for n in self.nodes}
+        self.params = params if params is not None else {}
+        for n in self.nodes:
+            for a, v in n.args.items():
+                if isinstance(v, Param) and (n.name, a) not in self.params:
+                    self.params[(n.name, a)] = torch.tensor(v.init, dtype=self.dtype, device=self.device,
+                                                            requires_grad=True)
+        self._data: dict = {}
+        self._observed = {n.name: self._observed_value(n) for n in self.nodes if n.kind == "observed"}
+        self._checked = False
+        self.proposal = self._resolve_proposal(proposal)
+        self.factor_dims = {n.name: self._factor_dims(n) for n in self.nodes}
+        home = {d: None for d in kdims} if mode == "global" else \
+            {self.kdim[i]: model.node(i).plate for i in self.latents}
+        self.plan = Plan(self.factor_dims, home, {p.name: p.parent for p in model.plates.values()},
+                         self.sizes, self.rank, optimize=optimize)
+
+    # ---- structure -------------------------------------------------------------------
+    def _factor_dims(self, node: Node) -> tuple[str, ...]:
+        dims = set(self.chain[node.name])
+        if node.kind == "latent":
+            dims.add(self.kdim[node.name])
+            if self.mode == "global" and self.proposal[node.name] is None:
+                return tuple(sorted(dims, key=self.rank.get))
+        for p in self.model.parents(node.name):
+            if p in self.kdim:
+                dims.add(self.kdim[p])
+        return tuple(sorted(dims, key=self.rank.get))
+
+    def _resolve_proposal(self, proposal) -> Proposal:
+        if isinstance(proposal, Proposal):
+            for i in self.latents:
+                f = proposal[i]
+                if f is not None and tuple(f.raw[next(iter(f.raw))].shape[:len(self.chain[i])]) != \
+                        tuple(self.plate_sizes[p] for p in self.chain[i]):
+                    raise ModelError(f"proposal for {i!r} does not fit its plates {self.chain[i]}")
+            return proposal
+        if proposal == "prior":
+            return Proposal({i: None for i in self.latents})
+        if proposal == "q":
+            return self.initial_proposal()
+        raise ModelError(f"proposal must be 'prior', 'q' or a Proposal, got {proposal!r}")
+
+    def initial_proposal(self, K: int = 1000, seed: int = 0) -> Proposal:
+        """Q for every latent that has a family (the model's `proposal` field, else the
+        default for its support), moment-matched to the prior marginals."""
+        fams = {}
+        with torch.no_grad():
+            prior = Program(self.model, K, mode="global", device=self.device, dtype=self.dtype,
+                            params=self.params)
+            values = prior._draw(seed, reparam=False)
+        for i in self.latents:
+            node = self.model.node(i)
+            choice = self.model.proposal.get(i, {}).get("dist")
+            v = values[i]
+            spec = get_spec(node.dist, node.where())
+            if choice is None:
+                support = spec.cls.support
+                support = None if constraints.is_dependent(support) else support
+                choice = default_family(node.dist, support)
+            if choice in (None, "prior"):
+                fams[i] = None
+                continue
+            cls = check_family(choice, f"proposal for {i!r}")
+            x = v.expand_to(("K", *self.chain[i]), prior.sizes)
+            f = cls.__new__(cls)
+            f.event_shape = v.event_shape
+            f.raw = {}
+            if cls.name == "Categorical":
+                n = int(x.max().item()) + 1
+                n = max(n, _categories(self.model, node, prior, values))
+                f.raw = {"logits": torch.zeros(*x.shape[1:], n, dtype=self.dtype, device=self.device)}
+            if cls.discrete and cls.name != "Categorical" and not _integer_valued(x):
+                raise ModelError(f"proposal for {i!r}: {cls.name} needs integer values")
+            f.set_moments([s.mean(0) for s in f.stats(x)])
+            fams[i] = f
+        return Proposal(fams)
+
+    # ---- data ----------------------------------------------------------------------------
+    def data(self, name: str, node: Node) -> Named:
+        key = (name, node.name)
+        if key not in self._data:
+            arr = self.model.data[name]
+            chain = self.chain[node.name]
+            if name in self.model.data_plates:
+                plates = tuple(self.model.data_plates[name])
+                if not set(plates) <= set(chain):
+                    raise ModelError(f"{node.where()}: data {name!r} lives in plates {plates}, which are not all "
+                                     f"plates of the node ({', '.join(chain) or 'none'})")
+                want = tuple(self.plate_sizes[p] for p in plates)
+                if arr.shape[:len(plates)] != want:
+                    raise ModelError(f"data {name!r} has shape {arr.shape}; its plates {plates} need leading dims {want}")
+            else:
+                plates = ()
+                for j in range(len(chain), 0, -1):
+                    if arr.shape[:j] == tuple(self.plate_sizes[p] for p in chain[:j]):
+                        plates = chain[:j]
+                        break
+            if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+                t = torch.as_tensor(arr.astype(np.int64), device=self.device)
+            else:
+                t = torch.as_tensor(arr, dtype=self.dtype, device=self.device)
+            self._data[key] = Named(t, tuple(plates))
+        return self._data[key]
+
+    def _observed_value(self, node: Node):
+        arr = self.model.data[node.name]
+        t = torch.as_tensor(np.asarray(arr, dtype=np.float64), dtype=self.dtype, device=self.device)
+        n_plates = len(self.chain[node.name])
+        missing = torch.isnan(t)
+        if missing.any():
+            mask = ~missing.reshape(*t.shape[:n_plates], -1).any(-1)
+            spec = get_spec(node.dist, node.where())
+            support = spec.cls.support
+            fill = 0.0 if constraints.is_dependent(support) else support_fill(support)
+            t = torch.where(missing, torch.full_like(t, fill), t)
+        else:
+            mask = None
+        return Named(t, self.chain[node.name]), mask
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def _env(self, node: Node, values: dict[str, Named], kd: str | None = None, perms=None) -> Env:
+        """Values of what `node` mentions. In sampling mode (kd given) every latent parent
+        on another K-dim is re-indexed into kd by its permutation."""
+        env = {}
+        for name in set().union(*[e.names for e in self.exprs[node.name].values()]):
+            if name in values:
+                v = values[name]
+                if kd is not None and name in self.kdim and self.kdim[name] != kd:
+                    v = _permute(v, self.kdim[name], kd, self.chain[node.name], perms[name], self.rank)
+                env[name] = v
+            elif name in self._observed:
+                env[name] = self._observed[name][0]
+            else:
+                env[name] = self.data(name, node)
+        return Env(env, self.rank, self.device, self.dtype)
+
+    def _args(self, node: Node, env: Env) -> dict[str, Named]:
+        out = {}
+        spec = get_spec(node.dist, node.where())
+        for a in spec.args:
+            if a in node.args:
+                v = node.args[a]
+            elif a in spec.defaults:
+                v = spec.defaults[a]
+            else:
+                continue
+            if isinstance(v, str):
+                try:
+                    out[a] = self.exprs[node.name][a](env)
+                except ModelError as e:
+                    raise ModelError(f"{node.where(a)}: {e}") if not str(e).startswith("node") else e
+                except RuntimeError as e:
+                    raise ModelError(f"{node.where(a)}: cannot evaluate {v!r}: {str(e).splitlines()[0]}") from None
+            elif isinstance(v, Param):
+                out[a] = Named(self.params[(node.name, a)], ())
+            else:
+                out[a] = Named(torch.tensor(v, dtype=self.dtype, device=self.device), ())
+        return out
+
+    def _dist(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
+        spec = get_spec(node.dist, node.where())
+        if node.shape is not None:
+            n_extra = len(node.shape) - spec.value_rank
+            if n_extra < 0:
+                raise ModelError(f"{node.where()}: shape {list(node.shape)} has fewer dims than a {node.dist} value")
+        else:
+            n_extra = max([len(v.event_shape) - spec.arg_rank.get(a, 0) for a, v in args.items()] + [0])
+        dims = tuple(sorted(set(dims).union(*[v.dims for v in args.values()]), key=self.rank.get))
+        return build(spec, args, dims, n_extra, node.where()), dims, n_extra
+
+    def _draw(self, seed: int, reparam: bool, generator_state=None) -> dict[str, Named]:
+        """Sample every latent (K particles each), observed nodes take their data."""
+        values: dict[str, Named] = {}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for node in self.nodes:
+                name = node.name
+                if node.kind == "observed":
+                    values[name] = self._observed[name][0]
+                    continue
+                kd, chain = self.kdim[name], self.chain[name]
+                target = (kd, *chain)
+                sizes = [self.sizes[d] for d in target]
+                q = self.proposal[name]
+                if q is not None:
+                    x = q.sample(self.K, reparam)
+                    values[name] = Named(x, target)
+                    continue
+                perms = {p: torch.rand(sizes, device=self.device).argsort(0)
+                         for p in self.model.parents(name) if p in self.kdim and self.kdim[p] != kd}
+                args = self._args(node, self._env(node, values, kd, perms))
+                d, dims, n_extra = self._dist(node, args, target)
+                extra = node.shape[:n_extra] if node.shape is not None else d.batch_shape[len(dims):]
+                try:
+                    d = d.expand((*sizes, *extra))
+                except RuntimeError as e:
+                    raise ModelError(f"{node.where()}: its arguments do not fit shape {list(node.shape or ())}: "
+                                     f"{str(e).splitlines()[0]}") from None
+                if reparam and not d.has_rsample:
+                    raise ModelError(f"{node.where()}: {node.dist} cannot be sampled by reparameterisation")
+                x = d.rsample() if reparam else d.sample()
+                values[name] = Named(x, target)
+        return values
+
+    def _log_prob(self, node: Node, values: dict[str, Named]) -> Named:
+        args = self._args(node, self._env(node, values))
+        if node.kind == "observed":
+            value, mask = self._observed[node.name]
+        else:
+            value, mask = values[node.name], None
+        d, dims, n_extra = self._dist(node, args, value.dims)
+        spec = get_spec(node.dist, node.where())
+        v = value.align(dims, n_extra + spec.value_rank)
+        if node.kind == "observed" and not self._checked:
+            self._check_support(node, d, v, dims, mask)
+        try:
+            lp = event_sum(d.log_prob(v), n_extra)
+        except (RuntimeError, ValueError) as e:
+            raise ModelError(f"{node.where()}: cannot score its value: {str(e).splitlines()[0]}") from None
+        if tuple(lp.shape[:len(dims)]) != tuple(lp.shape) or lp.dim() != len(dims):
+            raise ModelError(f"{node.where()}: its arguments have event shape "
+                             f"{tuple(lp.shape[len(dims):])} that its value does not have")
+        lp = Named(lp, dims)
+        if mask is not None:
+            m = Named(mask, self.chain[node.name]).align(dims, 0)
+            lp = Named(torch.where(m, lp.t, torch.zeros((), dtype=lp.t.dtype, device=lp.t.device)), dims)
+        return lp
+
+    def _check_support(self, node, d, v, dims, mask):
+        try:
+            ok = d.support.check(v)
+        except (NotImplementedError, AttributeError, RuntimeError):
+            return
+        ok = ok.expand(*ok.shape[:len(dims)], *ok.shape[len(dims):]) if ok.dim() >= len(dims) else ok
+        if ok.dim() > len(dims):
+            ok = ok.reshape(*ok.shape[:len(dims)], -1).all(-1)
+        kaxes = [i for i, x in enumerate(dims) if x not in self.plate_sizes]
+        if kaxes:
+            ok = ok.any(dim=kaxes)
+        pdims = [x for x in dims if x in self.plate_sizes]
+        ok = Named(ok, tuple(pdims)).align(self.chain[node.name], 0).expand(
+            *[self.plate_sizes[p] for p in self.chain[node.name]])
+        if mask is not None:
+            ok = ok | ~mask
+        if not bool(ok.all()):
+            idx = tuple(int(i) for i in torch.nonzero(~ok)[0])
+            val = self._observed[node.name][0].t[idx]
+            raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} is outside "
+                             f"the support of {node.dist}")
+
+    def factors(self, values: dict[str, Named]) -> dict[str, Named]:
+        out = {}
+        for node in self.nodes:
+            name = node.name
+            dims = self.factor_dims[name]
+            if node.kind == "latent":
+                q = self.proposal[name]
+                if q is None and set(dims) == {self.kdim[name], *self.chain[name]}:
+                    # prior proposal with nothing to mix over: log P - log Q is exactly 0
+                    out[name] = Named(torch.zeros([self.sizes[d] for d in dims], dtype=self.dtype,
+                                                  device=self.device), dims)
+                    continue
+                lp = self._log_prob(node, values)
+                if q is None:
+                    mix = tuple(i for i, d in enumerate(lp.dims) if d in self.kdim.values() and d != self.kdim[name])
+                    logq = torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K)
+                    f = lp.t - logq
+                else:
+                    logq = Named(q.log_prob(values[name].t), (self.kdim[name], *self.chain[name]))
+                    f = lp.t - logq.align(lp.dims, 0)
+                lp = Named(f, lp.dims)
+            else:
+                lp = self._log_prob(node, values)
+            if lp.dims != dims:
+                lp = Named(lp.expand_to(dims, self.sizes), dims)
+            out[name] = lp
+        self._checked = True
+        return out
+
+    def sample(self, seed: int = 0, reparam: bool = False):
+        from .sample import Sample
+        values = self._draw(seed, reparam)
+        return Sample(self, values, self.factors(values))
+
+    def memory_estimate(self) -> int:
+        """Peak bytes of one sample and its backward pass, from the plan: the factors, and
+        for every step its exponentiated operands and result (kept for autograd), doubled
+        for their gradients."""
+        elem = torch.finfo(self.dtype).bits // 8
+        size = lambda dims: math.prod(self.sizes[d] for d in dims)
+        n = sum(size(dims) for dims in self.factor_dims.values())
+        for level in self.plan.levels:
+            for comp in level.components:
+                for st in comp.steps:
+                    n += sum(size(dims) for dims in st.in_dims) + 2 * size(st.out_dims)
+        return 2 * n * elem
+
+
+def _permute(v: Named, src: str, kd: str, chain: tuple[str, ...], perm: torch.Tensor, rank) -> Named:
+    """Parent particles re-indexed into the child's K-dim: element-wise v[perm[k, plates]]."""
+    dims = (kd, *chain)
+    rest = v.event_shape
+    t = Named(v.t, tuple(kd if d == src else d for d in v.dims)).align(dims, len(rest))
+    t = t.expand(*perm.shape, *rest)
+    idx = perm.reshape(*perm.shape, *[1] * len(rest)).expand(*perm.shape, *rest)
+    return Named(torch.gather(t, 0, idx), dims)
+
+
+def _integer_valued(x: torch.Tensor) -> bool:
+    return bool((x == torch.round(x)).all())
+
+
+def _categories(model, node, prior, values) -> int:
+    args = prior._args(node, prior._env(node, values, None))
+    for a in ("probs", "logits"):
+        if a in args:
+            return args[a].event_shape[-1]
+    return 1
+
+
+__all__ = ["Program", "FAMILIES"]

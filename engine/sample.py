@@ -1,0 +1,151 @@
+"""One massively parallel importance sample and everything computed from it.
+
+`log P_MP` comes from the contraction. Marginal importance weights come from the
+source-term trick: a zero tensor J_i over (K_i, plates_i) is added to each latent's
+factor, and d log P_MP / d J_i at zero is latent i's weights; one backward pass gives
+all of them. Posterior samples of the K-indices are drawn exactly from the MP index
+distribution by walking the contraction steps backwards (each step's summed indices
+drawn given the indices already drawn), which, unlike sampling each latent given its
+generative parents only, keeps the coupling between co-parents of an observation.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import ModelError
+from .named import Named
+
+
+class Sample:
+    def __init__(self, program, values: dict[str, Named], factors: dict[str, Named]):
+        self.program, self.values = program, values
+        self.K = program.K
+        self.sources = {}
+        for i in program.latents:
+            f = factors[i]
+            j = torch.zeros([program.sizes[d] for d in (program.kdim[i], *program.chain[i])],
+                            dtype=program.dtype, device=program.device, requires_grad=True)
+            self.sources[i] = j
+            factors[i] = Named(f.t + Named(j, (program.kdim[i], *program.chain[i])).align(f.dims, 0), f.dims)
+        self.factors = factors
+        self.log_p, self._trace = program.plan.contract(factors, program.sizes)
+        if not torch.isfinite(self.log_p):
+            self._report_nonfinite()
+        self._weights = None
+
+    def _report_nonfinite(self):
+        for name, f in self.factors.items():
+            bad = torch.isnan(f.t)
+            if bad.any():
+                raise ModelError(f"node {name!r}: its log-density is NaN for some particles "
+                                 f"(check its arguments stay in range)")
+        for name, f in self.factors.items():
+            if torch.isneginf(f.t).all():
+                raise ModelError(f"node {name!r}: zero probability under every particle")
+
+    # ---- estimates -------------------------------------------------------------------
+    def log_marginal(self) -> float:
+        """log P_MP, the massively parallel estimate of log P(data)."""
+        return float(self.log_p.detach())
+
+    def _all_weights(self) -> dict[str, torch.Tensor]:
+        if self._weights is None:
+            names = list(self.sources)
+            grads = torch.autograd.grad(self.log_p, [self.sources[n] for n in names], retain_graph=True,
+                                        allow_unused=True)
+            self._weights = {n: (g if g is not None else torch.zeros_like(self.sources[n])).detach()
+                             for n, g in zip(names, grads)}
+        return self._weights
+
+    def _latent(self, name: str) -> str:
+        if name not in self.sources:
+            raise ModelError(f"{name!r} is not a latent of this model (latents: {', '.join(self.sources)})")
+        return name
+
+    def marginal_weights(self, name: str) -> torch.Tensor:
+        """(K, *plates) weights of latent `name`'s particles; they sum to 1 per plate element."""
+        return self._all_weights()[self._latent(name)]
+
+    def expectation(self, name: str, fn=lambda x: x) -> torch.Tensor:
+        """Posterior E[fn(z)] per plate element: (*plates, *event)."""
+        w = self.marginal_weights(name)
+        x = fn(self.values[name].expand_to((self.program.kdim[name], *self.program.chain[name]), self.program.sizes))
+        w = w.reshape(*w.shape, *[1] * (x.dim() - w.dim()))
+        return (w * x.detach()).sum(0)
+
+    def mean(self, name: str) -> torch.Tensor:
+        return self.expectation(name)
+
+    def var(self, name: str) -> torch.Tensor:
+        m = self.mean(name)
+        return (self.expectation(name, lambda x: x * x) - m * m).clamp_min(0)
+
+    def sd(self, name: str) -> torch.Tensor:
+        return self.var(name).sqrt()
+
+    def ess(self, name: str | None = None):
+        """Effective sample size 1/sum_k w_k^2 per plate element; all latents if no name."""
+        if name is None:
+            return {n: self.ess(n) for n in self.sources}
+        w = self.marginal_weights(name)
+        return 1.0 / (w * w).sum(0)
+
+    def einsum_path(self) -> list[dict]:
+        return self.program.plan.describe()
+
+    # ---- posterior samples -------------------------------------------------------------
+    def posterior_indices(self, n: int, seed: int = 0) -> dict[str, Named]:
+        """n joint draws of every K-index from the MP index posterior."""
+        prog = self.program
+        assign: dict[str, Named] = {}
+        gen = torch.Generator(device=prog.device).manual_seed(seed)
+        with torch.no_grad():
+            for level, lvl_trace in zip(reversed(prog.plan.levels), reversed(self._trace)):
+                for comp, steps in zip(level.components, lvl_trace):
+                    for st, ins in reversed(list(zip(comp.steps, steps))):
+                        if not st.removed:
+                            continue
+                        parts = [_take(x, assign, prog.rank) for x in ins]
+                        dims = tuple(sorted(set().union(*[p.dims for p in parts]), key=prog.rank.get))
+                        logits = sum(p.align(dims, 0) for p in parts)
+                        shape = [n if d == "draw" else max(p.t.shape[p.dims.index(d)] if d in p.dims else 1
+                                                           for p in parts) for d in dims]
+                        logits = logits.expand(*shape)
+                        batch = tuple(d for d in dims if d not in st.removed)
+                        order = [dims.index(d) for d in batch] + [dims.index(d) for d in st.removed]
+                        flat = logits.permute(*order).reshape(*[shape[i] for i in order[:len(batch)]], -1)
+                        g = -torch.log(-torch.log(torch.rand(flat.shape, generator=gen, device=flat.device,
+                                                             dtype=flat.dtype).clamp_min(1e-30)))
+                        k = (flat + g).argmax(-1)
+                        for d in reversed(st.removed):
+                            assign[d] = Named(k % prog.sizes[d], batch)
+                            k = k // prog.sizes[d]
+        return assign
+
+    def posterior_samples(self, n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
+        """n joint posterior draws: {latent: (n, *plates, *event)}."""
+        if not isinstance(n, int) or n < 1:
+            raise ModelError(f"the number of posterior samples must be a positive integer, got {n!r}")
+        prog = self.program
+        assign = self.posterior_indices(n, seed)
+        out = {}
+        for i in prog.latents:
+            kd = prog.kdim[i]
+            v = _take(self.values[i], {kd: assign[kd]}, prog.rank)
+            dims = ("draw", *prog.chain[i])
+            out[i] = v.expand_to(dims, {"draw": n, **prog.sizes}).detach()
+        return out
+
+
+def _take(x: Named, assign: dict[str, Named], rank) -> Named:
+    """x at the assigned indices of its K-dims; free dims kept; a leading draw dim."""
+    used = [assign[d] for d in x.dims if d in assign]
+    free = [d for d in x.dims if d not in assign]
+    dims = tuple(sorted(set(["draw", *free]).union(*[a.dims for a in used]), key=rank.get))
+    index = []
+    for d, size in zip(x.dims, x.t.shape):
+        if d in assign:
+            index.append(assign[d].align(dims, 0))
+        else:
+            index.append(Named(torch.arange(size, device=x.t.device), (d,)).align(dims, 0))
+    return Named(x.t[tuple(index)], dims)

@@ -1,0 +1,229 @@
+"""Fitting the approximate posterior Q: QEM, MP RWS, MP VI, and global baselines.
+
+One loop drives every method. Each iteration draws a fresh K-particle sample (its
+random seed is a function of the run's seed and the iteration number, so a stopped and
+resumed run follows the same trajectory as an uninterrupted one), reports the MP ELBO
+(log P_MP), ESS per latent and seconds, and updates Q:
+  qem     E-step: MP posterior expectations of Q's sufficient statistics (from the
+          marginal weights); M-step: their exponential moving average mapped to Q's
+          parameters. The EMA weight is (t+1)^-p, p = 0.6 by default: no learning rate.
+  rws     wake-phase Q update: gradient of sum_k w_k log Q(z^k) with w detached (Adam).
+  vi      gradient of log P_MP with reparameterised samples (Adam); continuous latents only.
+  global  global RWS: K joint samples, one weight each, the same wake-phase update.
+  is      no fitting: importance sampling with the prior as proposal, every iteration afresh.
+Model parameters (`{"param": init}` arguments) take an Adam step on log P_MP in every method.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .dists import DISTRIBUTIONS
+from .errors import ModelError
+from .program import Program
+from .proposal import Proposal
+
+METHODS = ("is", "qem", "rws", "vi", "global")
+
+
+class FitError(ModelError):
+    """Fitting stopped: the message names the latent and iteration at fault."""
+
+
+@dataclass
+class Step:
+    iteration: int
+    elbo: float
+    ess: dict          # latent -> numpy array over its plate elements
+    seconds: float
+
+
+def _iteration_seed(seed: int, t: int) -> int:
+    return (seed * 1_000_003 + t * 7_919 + 12_345) % (2 ** 62)
+
+
+class Fitter:
+    def __init__(self, model, method: str = "qem", K: int = 10, seed: int = 0, lr: float = 0.03,
+                 device="auto", dtype="float32", ema_power: float = 0.6):
+        if method not in METHODS:
+            raise ModelError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if not isinstance(lr, (int, float)) or not lr > 0:
+            raise ModelError(f"lr must be a positive number, got {lr!r}")
+        self.model = model.copy()   # the user may go on editing theirs
+        self.method, self.K, self.seed, self.lr, self.ema_power = method, K, seed, float(lr), ema_power
+        if method == "vi":
+            self._check_continuous()
+        mode = "global" if method == "global" else "mp"
+        base = Program(self.model, K, mode=mode, device=device, dtype=dtype)
+        proposal = "prior" if method == "is" else base.initial_proposal(seed=seed)
+        self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, proposal=proposal,
+                               params=base.params)
+        self.proposal: Proposal = self.program.proposal
+        self.params = self.program.params
+        self.t = 0
+        self.history = {"elbo": [], "seconds": []}
+        self.moments: dict[str, list[torch.Tensor]] = {}
+        grad_q = method in ("rws", "vi", "global")
+        for p in self.proposal.parameters():
+            p.requires_grad_(grad_q)
+        trainable = (self.proposal.parameters() if grad_q else []) + list(self.params.values())
+        self.optimizer = torch.optim.Adam(trainable, lr=self.lr) if trainable else None
+        self._stop = threading.Event()
+        self.last_sample = None
+
+    def _check_continuous(self):
+        for name in self.model.latents:
+            node = self.model.node(name)
+            fam = self.model.proposal.get(name, {}).get("dist")
+            if DISTRIBUTIONS[node.dist].discrete or fam in ("Bernoulli", "Categorical", "Poisson"):
+                raise ModelError(f"method 'vi' needs every latent continuous, but {name!r} is {node.dist} "
+                                 f"(discrete): use qem or rws")
+
+    # ---- the loop ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask a running loop to end after its current iteration (safe from any thread)."""
+        self._stop.set()
+
+    def run(self, iters: int):
+        """Generator: one `Step` per iteration, until `iters` more are done or stop()."""
+        if not isinstance(iters, int) or iters < 0:
+            raise ModelError(f"iters must be a non-negative integer, got {iters!r}")
+        self._stop.clear()
+        for _ in range(iters):
+            if self._stop.is_set():
+                break
+            yield self.step()
+
+    def step(self) -> Step:
+        start = time.perf_counter()
+        saved = self.proposal.state_dict(), {k: v.detach().clone() for k, v in self.params.items()}
+        try:
+            s = self.program.sample(_iteration_seed(self.seed, self.t), reparam=self.method == "vi")
+        except ModelError as e:
+            raise FitError(f"iteration {self.t}: {e}") from None
+        elbo = s.log_p
+        if not torch.isfinite(elbo):
+            raise FitError(f"iteration {self.t}: the ELBO is {float(elbo)}; {self._culprit(s)}; kept the last good Q")
+        ess = {k: v.cpu().numpy() for k, v in s.ess().items()}   # one backward pass, kept for the updates
+        if self.method == "qem":
+            self._qem(s)
+        elif self.method in ("rws", "global"):
+            self._wake(s)
+        elif self.method == "vi":
+            self._gradient_step(-elbo)
+        if self.method in ("is", "qem") and self.params:
+            self._gradient_step(-elbo)
+        bad = self._nonfinite_parameter()
+        if bad:
+            self._restore(saved)
+            raise FitError(f"iteration {self.t}: {bad} became NaN or infinite; kept the last good Q")
+        seconds = time.perf_counter() - start
+        self.history["elbo"].append(float(elbo.detach()))
+        self.history["seconds"].append(seconds)
+        self.last_sample = s
+        self.t += 1
+        return Step(self.t, float(elbo.detach()), ess, seconds)
+
+    def _qem(self, s) -> None:
+        eta = (self.t + 1) ** -self.ema_power
+        with torch.no_grad():
+            for name in self.program.latents:
+                q = self.proposal[name]
+                if q is None:
+                    continue
+                stats = [st.double() for st in q.stats(s.values[name].t.detach())]
+                w = s.marginal_weights(name).double()
+                new = [(w.reshape(*w.shape, *[1] * (st.dim() - w.dim())) * st).sum(0) for st in stats]
+                old = self.moments.get(name)
+                m = new if old is None else [(1 - eta) * o + eta * n for o, n in zip(old, new)]
+                self.moments[name] = m
+                q.set_moments([x.to(self.program.dtype) for x in m])
+
+    def _wake(self, s) -> None:
+        loss = 0.0
+        for name in self.program.latents:
+            q = self.proposal[name]
+            if q is None:
+                continue
+            w = s.marginal_weights(name)
+            loss = loss - (w * q.log_prob(s.values[name].t.detach())).sum()
+        if self.params:
+            loss = loss - s.log_p
+        self._gradient_step(loss)
+
+    def _gradient_step(self, loss) -> None:
+        if self.optimizer is None or not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            return
+        self.optimizer.zero_grad()
+        trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grads = torch.autograd.grad(loss, trainable, allow_unused=True)
+        for p, g in zip(trainable, grads):
+            p.grad = g
+        self.optimizer.step()
+
+    def _culprit(self, s) -> str:
+        for name, f in s.factors.items():
+            if torch.isnan(f.t).any():
+                return f"node {name!r} has a NaN log-density"
+        return "no particle combination has positive probability"
+
+    def _nonfinite_parameter(self) -> str | None:
+        for name, f in self.proposal.families.items():
+            if f is not None and any(not torch.isfinite(v).all() for v in f.raw.values()):
+                return f"Q for latent {name!r}"
+        for (node, arg), v in self.params.items():
+            if not torch.isfinite(v).all():
+                return f"parameter {arg!r} of node {node!r}"
+        return None
+
+    def _restore(self, saved) -> None:
+        q, params = saved
+        for name, st in q.items():
+            f = self.proposal[name]
+            if f is not None:
+                for k, v in st["raw"].items():
+                    f.raw[k].data.copy_(v)
+        for k, v in params.items():
+            self.params[k].data.copy_(v)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"t": self.t, "method": self.method, "K": self.K, "seed": self.seed,
+                "proposal": self.proposal.state_dict(),
+                "moments": {k: [x.clone() for x in v] for k, v in self.moments.items()},
+                "params": {k: v.detach().clone() for k, v in self.params.items()},
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "history": {k: list(v) for k, v in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["method"], state["K"], state["seed"]) != (self.method, self.K, self.seed):
+            raise ModelError("checkpoint is from a run with another method, K or seed")
+        self._restore((state["proposal"], state["params"]))
+        self.moments = {k: [x.clone() for x in v] for k, v in state["moments"].items()}
+        if self.optimizer and state["optimizer"]:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.t = state["t"]
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+    # ---- results ------------------------------------------------------------------------------
+    def result(self, K: int | None = None, seed: int | None = None, test_data: dict | None = None):
+        """Final estimates by MP importance weighting with the learned Q at K particles."""
+        from .result import Result
+        K = K or self.K
+        prog = Program(self.model, K, mode="global" if self.method == "global" else "mp",
+                       device=self.program.device, dtype=self.program.dtype, proposal=self.proposal,
+                       params=self.params)
+        s = prog.sample(_iteration_seed(self.seed if seed is None else seed, -1))
+        return Result(self.model, s, method=self.method, seed=self.seed, history=self.history,
+                      test_data=test_data)
+
+
+def fit(model, method: str = "qem", K: int = 10, iters: int = 100, **kw):
+    """Iterate a fresh Fitter: `for step in fit(model, "qem", K=10): ...`."""
+    return Fitter(model, method, K, **kw).run(iters)
+
+
+__all__ = ["Fitter", "FitError", "Step", "METHODS", "fit"]

@@ -1,0 +1,160 @@
+"""The `kn` command: info, fit, serve."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+from .model import _nulls_to_nan
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "models" / "radon.json"
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def info(args) -> int:
+    from .model import Model
+    from .program import Program
+    m = Model.load(args.model)
+    prog = Program(m, args.K, device=args.device, dtype=args.dtype, optimize=args.optimize)
+    out = print
+    out(f"model {m.name!r}: {len(m.latents)} latents, {len(m.observed)} observed")
+    out("plates:")
+    for p in m.plates.values():
+        out(f"  {'/'.join(m.chain(p.name))}  size {p.size}")
+    out("nodes:")
+    q = prog.initial_proposal(K=64).describe()
+    for n in m.nodes:
+        where = "/".join(m.chain(n.plate)) or "(global)"
+        args_s = ", ".join(f"{a}={v!r}" if not isinstance(v, str) else f"{a}={v}" for a, v in n.args.items())
+        extra = f"  Q: {q[n.name]}" if n.kind == "latent" else ""
+        out(f"  {n.kind:8s} {n.name} ~ {n.dist}({args_s})  in {where}{extra}")
+    out(f"einsum plan at K={args.K} ({args.optimize}):")
+    for comp in prog.plan.describe():
+        out(f"  [{comp['plate']}] factors {', '.join(comp['factors'])}; sums out {', '.join(comp['sums_out']) or '-'}")
+        out(f"      {comp['equation']}   FLOPs naive {comp['naive_flops']:.3g}, optimised {comp['optimized_flops']:.3g}, "
+            f"largest intermediate {comp['largest_intermediate']:.3g} elements")
+        for i, st in enumerate(comp["steps"]):
+            out(f"      step {i + 1}: {st['equation']}  sums out {', '.join(st['sums_out']) or '-'} -> "
+                f"{st['output_elements']:.3g} elements")
+    out(f"estimated peak memory at K={args.K} ({args.dtype}, with gradients): "
+        f"{_human_bytes(prog.memory_estimate())}")
+    return 0
+
+
+def fit(args) -> int:
+    from .fit import Fitter
+    from .model import Model
+    m = Model.load(args.model)
+    test = None
+    if args.test_data:
+        test = _load_data(args.test_data)
+    iters = args.iters if args.iters is not None else (1 if args.method == "is" else 100)
+    f = Fitter(m, args.method, K=args.K, seed=args.seed, lr=args.lr, device=args.device, dtype=args.dtype)
+    bar = _Progress(iters, enabled=not args.quiet and sys.stderr.isatty())
+    for step in f.run(iters):
+        bar.update(step)
+    bar.close()
+    r = f.result(test_data=test)
+    doc = r.to_dict()
+    if args.out:
+        r.save(args.out)
+    print(f"{args.method} K={args.K}: log marginal {doc['log_marginal']:.4f}"
+          + (f", predictive log-likelihood {doc['predictive_log_likelihood']:.4f}" if test else "")
+          + (f" -> {args.out}" if args.out else ""))
+    for name, d in r.latents.items():
+        mean, sd, ess = (np.asarray(d[k]) for k in ("mean", "sd", "ess"))
+        if mean.size == 1:
+            print(f"  {name:12s} mean {float(mean):10.4f}  sd {float(sd):9.4f}  ess {float(ess):7.2f}")
+        else:
+            print(f"  {name:12s} {mean.shape} mean in [{mean.min():.3f}, {mean.max():.3f}]  "
+                  f"ess min {ess.min():.2f} median {np.median(ess):.2f}")
+    return 0
+
+
+def serve(args) -> int:
+    from workbench import serve as run_server
+    run_server(args.model or str(EXAMPLE), port=args.port, address=args.address, show=args.show)
+    return 0
+
+
+def _load_data(path: str) -> dict:
+    p = Path(path)
+    try:
+        if p.suffix == ".npz":
+            with np.load(p) as z:
+                return {k: z[k] for k in z.files}
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"--test-data: cannot read {path!r} ({e})") from None
+    return {k: np.asarray(_nulls_to_nan(v), dtype=float) for k, v in doc.get("data", doc).items()}
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+
+    def update(self, step) -> None:
+        if not self.enabled:
+            return
+        done = int(30 * step.iteration / max(self.total, 1))
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {step.iteration}/{self.total}  "
+                         f"elbo {step.elbo:.3f}  {step.seconds * 1000:.1f} ms/it")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="kn", description="Massively parallel importance weighting workbench")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("model", help="a kn-model/1 JSON file")
+        p.add_argument("--K", type=int, default=10, help="particles per latent")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+
+    p = sub.add_parser("info", help="plates, latents, the einsum plan and peak memory")
+    common(p)
+    p.add_argument("--optimize", default="greedy", help="opt_einsum path search: greedy, random-greedy, auto-hq")
+    p.set_defaults(func=info)
+    p = sub.add_parser("fit", help="run IS, QEM, RWS, VI or global RWS and write a kn-result/1 document")
+    common(p)
+    p.add_argument("--method", default="is", choices=["is", "qem", "rws", "vi", "global"])
+    p.add_argument("--iters", type=int, default=None, help="iterations (default 1 for is, else 100)")
+    p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate for rws, vi, global")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the result document here")
+    p.add_argument("--test-data", help="held-out observations (.npz or JSON) for predictive log-likelihood")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=fit)
+    p = sub.add_parser("serve", help="open the workbench in the browser")
+    p.add_argument("model", nargs="?", help="a kn-model/1 JSON file (default: the radon example)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.set_defaults(func=serve)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except ModelError as e:
+        print(f"kn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

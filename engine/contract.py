@@ -229,4 +229,4 @@ def _broadcast_lse(ins, removed, out_dims):
     total = sum(x.align(dims, 0) for x in ins)
     if removed:
         total = torch.logsumexp(total, dim=tuple(range(len(out_dims), len(dims))))
-    return total.expand(*[max(x.sizes.get(d, 1) for x in ins) for d in out_dims])
+    return total.expand(tuple(max(x.sizes.get(d, 1) for x in ins) for d in out_dims))

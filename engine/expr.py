@@ -181,6 +181,6 @@ def _index_data(x: Named, index: Named, rank, expr: Expr) -> Named:
     tx = x.align(dims, len(x.event_shape))
     ti = index.align(dims, 0)
     batch = torch.broadcast_shapes(tx.shape[: len(dims)], ti.shape)
-    tx = tx.expand(*batch, *x.event_shape)
-    ti = ti.expand(*batch).reshape(*batch, 1, *[1] * len(rest)).expand(*batch, 1, *rest)
+    tx = tx.expand(tuple(batch) + x.event_shape)
+    ti = ti.expand(tuple(batch)).reshape(*batch, 1, *[1] * len(rest)).expand(tuple(batch) + (1,) + rest)
     return Named(torch.gather(tx, len(dims), ti).squeeze(len(dims)), dims)

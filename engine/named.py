@@ -44,7 +44,7 @@ class Named:
     def expand_to(self, dims: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor:
         """Aligned to `dims` and expanded (a view) to their full sizes."""
         t = self.align(dims, len(self.event_shape))
-        return t.expand(*[sizes[d] for d in dims], *self.event_shape)
+        return t.expand(tuple(sizes[d] for d in dims) + self.event_shape)
 
 
 def union_dims(items, rank: dict[str, int]) -> tuple[str, ...]:

@@ -301,19 +301,17 @@ class Program:
         return lp
 
     def _check_support(self, node, d, v, dims, mask):
+        """An observed value that no particle combination can produce is a data error."""
         try:
             ok = d.support.check(v)
         except (NotImplementedError, AttributeError, RuntimeError):
             return
-        ok = ok.expand(*ok.shape[:len(dims)], *ok.shape[len(dims):]) if ok.dim() >= len(dims) else ok
-        if ok.dim() > len(dims):
-            ok = ok.reshape(*ok.shape[:len(dims)], -1).all(-1)
+        ok = ok.reshape(*ok.shape[:len(dims)], -1).all(-1)
         kaxes = [i for i, x in enumerate(dims) if x not in self.plate_sizes]
         if kaxes:
             ok = ok.any(dim=kaxes)
-        pdims = [x for x in dims if x in self.plate_sizes]
-        ok = Named(ok, tuple(pdims)).align(self.chain[node.name], 0).expand(
-            *[self.plate_sizes[p] for p in self.chain[node.name]])
+        chain = self.chain[node.name]
+        ok = Named(ok, tuple(x for x in dims if x in self.plate_sizes)).expand_to(chain, self.sizes)
         if mask is not None:
             ok = ok | ~mask
         if not bool(ok.all()):

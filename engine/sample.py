@@ -66,6 +66,20 @@ class Sample:
         """(K, *plates) weights of latent `name`'s particles; they sum to 1 per plate element."""
         return self._all_weights()[self._latent(name)]
 
+    def joint_marginal(self, name: str) -> Named:
+        """P(k_i, k_pa(i)) per plate element: the MP index posterior over every K-dim of
+        node `name`'s factor (its own and its parents'), as d log P_MP / d factor."""
+        if name not in self.factors:
+            raise ModelError(f"no node named {name!r}")
+        f = self.factors[name]
+        if f.t.requires_grad:
+            (g,) = torch.autograd.grad(self.log_p, f.t, retain_graph=True)
+        else:   # a factor with no source term: contract once more with it as a leaf
+            leaf = f.t.detach().requires_grad_()
+            log_p, _ = self.program.plan.contract({**self.factors, name: Named(leaf, f.dims)}, self.program.sizes)
+            (g,) = torch.autograd.grad(log_p, leaf)
+        return Named(g.detach(), f.dims)
+
     def expectation(self, name: str, fn=lambda x: x) -> torch.Tensor:
         """Posterior E[fn(z)] per plate element: (*plates, *event)."""
         w = self.marginal_weights(name)

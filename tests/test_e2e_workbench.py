@@ -1,0 +1,167 @@
+"""End to end: `kn serve` in a subprocess, driven by Playwright in Debian's chromium.
+
+Load an example, add a node and draw an edge on the canvas, run QEM for a few
+iterations (the ELBO gets points, the ESS view changes), save the model and reopen it.
+Screenshots go to /tmp/wb_e2e_*.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_cmd(port: int) -> list[str]:
+    kn = Path(sys.executable).parent / "kn"
+    if kn.exists() and "serve" in (ROOT / "engine" / "cli.py").read_text():
+        return [str(kn), "serve", "--port", str(port)]
+    return [sys.executable, "-m", "workbench", "--port", str(port)]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = open("/tmp/wb_e2e_server.log", "w")
+    proc = subprocess.Popen(_server_cmd(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited: {Path('/tmp/wb_e2e_server.log').read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the server did not start within 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                                   "--disable-background-networking"])
+        pg = browser.new_page(viewport={"width": 1500, "height": 1200})
+        pg.set_default_timeout(60_000)
+        pg.goto(server)
+        yield pg
+        browser.close()
+
+
+def _text(page, selector):
+    return page.locator(f"{selector} div").first.inner_text()
+
+
+def _wait_text(page, selector, needle, timeout=60):
+    end = time.time() + timeout
+    last = ""
+    while time.time() < end:
+        try:
+            last = _text(page, selector)
+        except Exception:
+            last = ""
+        if needle in last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"{selector!r} never showed {needle!r}; last: {last!r}")
+
+
+def _fill(page, css, value):
+    box = page.locator(f"{css} input").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_build_run_save_reload(page, tmp_path):
+    pg = page
+    pg.locator(".react-flow__node-latent").first.wait_for()
+    pg.screenshot(path="/tmp/wb_e2e_0_start.png", full_page=True)
+
+    # load an example
+    example = pg.locator(".wb-example select").first
+    options = example.locator("option").all_inner_texts()
+    choice = "hierarchical_gaussian" if "hierarchical_gaussian" in options else options[0]
+    example.select_option(choice)
+    pg.get_by_role("button", name="Load example").click()
+    _wait_text(pg, ".wb-title", choice if choice != "radon_small" else "radon")
+    pg.locator('.react-flow__node[data-id="mu"]').wait_for()
+    n_latent = len(pg.locator(".react-flow__node-latent").all())
+
+    # add a latent node with the form, then draw an edge z1 -> mu on the canvas
+    pg.get_by_role("button", name="+ Latent").click()
+    pg.get_by_role("button", name="Apply").click()
+    node = pg.locator('.react-flow__node[data-id="z1"]')
+    node.wait_for()
+    assert len(pg.locator(".react-flow__node-latent").all()) == n_latent + 1
+    src = node.locator(".react-flow__handle.source").bounding_box()
+    dst = pg.locator('.react-flow__node[data-id="mu"] .react-flow__handle.target').bounding_box()
+    pg.mouse.move(src["x"] + src["width"] / 2, src["y"] + src["height"] / 2)
+    pg.mouse.down()
+    pg.mouse.move((src["x"] + dst["x"]) / 2, (src["y"] + dst["y"]) / 2, steps=8)
+    pg.mouse.move(dst["x"] + dst["width"] / 2, dst["y"] + dst["height"] / 2, steps=8)
+    pg.mouse.up()
+    _wait_text(pg, ".wb-alert-info", "Edge z1 → mu")
+    pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for()
+    pg.screenshot(path="/tmp/wb_e2e_1_edge.png", full_page=True)
+
+    # run QEM for a few iterations
+    pg.get_by_role("tab", name="ESS").click()
+    ess_before = _text(pg, ".ess-table")
+    _fill(pg, ".wb-K", 5)
+    _fill(pg, ".wb-iters", 15)
+    pg.get_by_role("button", name="▶ Run").click()
+    _wait_text(pg, ".run-status", "Done", timeout=120)
+    ess_after = _wait_text(pg, ".ess-table", "z1")
+    assert ess_after != ess_before and "mu" in ess_after
+    pg.screenshot(path="/tmp/wb_e2e_2_ess.png", full_page=True)
+    pg.get_by_role("tab", name="ELBO").click()
+    _wait_text(pg, ".elbo-note", "15 points")
+    pg.screenshot(path="/tmp/wb_e2e_3_elbo.png", full_page=True)
+    pg.get_by_role("tab", name="Posterior").click()
+    pg.screenshot(path="/tmp/wb_e2e_4_posterior.png", full_page=True)
+
+    # save, start afresh, reopen
+    path = tmp_path / "built.json"
+    _fill(pg, ".wb-path", path)
+    pg.get_by_role("button", name="Save", exact=True).click()
+    _wait_text(pg, ".wb-alert-success", "Saved")
+    doc = json.loads(path.read_text())
+    nodes = {n["name"]: n for n in doc["nodes"]}
+    assert nodes["z1"]["kind"] == "latent" and "z1" in str(nodes["mu"]["args"])
+    pg.get_by_role("button", name="New model").click()
+    _wait_text(pg, ".wb-title", "0 latent")
+    pg.get_by_role("button", name="Open", exact=True).click()
+    _wait_text(pg, ".wb-alert-success", "Opened")
+    pg.locator('.react-flow__node[data-id="z1"]').wait_for()
+    pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for()
+    pg.screenshot(path="/tmp/wb_e2e_5_reloaded.png", full_page=True)

@@ -73,6 +73,7 @@ class Fitter:
         self.optimizer = torch.optim.Adam(trainable, lr=self.lr) if trainable else None
         self._stop = threading.Event()
         self.last_sample = None
+        self._last_good = None
 
     def _check_continuous(self):
         for name in self.model.latents:
@@ -102,24 +103,31 @@ class Fitter:
         saved = self.proposal.state_dict(), {k: v.detach().clone() for k, v in self.params.items()}
         try:
             s = self.program.sample(_iteration_seed(self.seed, self.t), reparam=self.method == "vi")
+            if not torch.isfinite(s.log_p):
+                raise ModelError(f"the ELBO is {float(s.log_p)}: no particle combination has positive probability")
         except ModelError as e:
-            raise FitError(f"iteration {self.t}: {e}") from None
+            if self._last_good is not None:
+                self._restore(self._last_good)
+            raise FitError(f"iteration {self.t}: {e}; kept the last good Q and parameters "
+                           f"(from iteration {max(self.t - 1, 0)})") from None
         elbo = s.log_p
-        if not torch.isfinite(elbo):
-            raise FitError(f"iteration {self.t}: the ELBO is {float(elbo)}; {self._culprit(s)}; kept the last good Q")
+        self._last_good = saved   # these parameters gave a finite ELBO
         ess = {k: v.cpu().numpy() for k, v in s.ess().items()}   # one backward pass, kept for the updates
+        q_params, model_params = self.proposal.parameters(), list(self.params.values())
         if self.method == "qem":
             self._qem(s)
+            self._gradient_step([(-elbo, model_params)])
         elif self.method in ("rws", "global"):
-            self._wake(s)
+            self._gradient_step([(self._wake_loss(s), q_params), (-elbo, model_params)])
         elif self.method == "vi":
-            self._gradient_step(-elbo)
-        if self.method in ("is", "qem") and self.params:
-            self._gradient_step(-elbo)
+            self._gradient_step([(-elbo, q_params + model_params)])
+        else:
+            self._gradient_step([(-elbo, model_params)])
         bad = self._nonfinite_parameter()
         if bad:
             self._restore(saved)
-            raise FitError(f"iteration {self.t}: {bad} became NaN or infinite; kept the last good Q")
+            raise FitError(f"iteration {self.t}: {bad} became NaN or infinite; kept the last good Q "
+                           f"(from iteration {self.t})")
         seconds = time.perf_counter() - start
         self.history["elbo"].append(float(elbo.detach()))
         self.history["seconds"].append(seconds)
@@ -142,33 +150,31 @@ class Fitter:
                 self.moments[name] = m
                 q.set_moments([x.to(self.program.dtype) for x in m])
 
-    def _wake(self, s) -> None:
-        loss = 0.0
+    def _wake_loss(self, s) -> torch.Tensor:
+        """-sum_k w_k log Q(z^k), weights and particles detached (the wake-phase Q update)."""
+        loss = torch.zeros((), dtype=self.program.dtype, device=self.program.device)
         for name in self.program.latents:
             q = self.proposal[name]
-            if q is None:
-                continue
-            w = s.marginal_weights(name)
-            loss = loss - (w * q.log_prob(s.values[name].t.detach())).sum()
-        if self.params:
-            loss = loss - s.log_p
-        self._gradient_step(loss)
+            if q is not None:
+                loss = loss - (s.marginal_weights(name) * q.log_prob(s.values[name].t.detach())).sum()
+        return loss
 
-    def _gradient_step(self, loss) -> None:
-        if self.optimizer is None or not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+    def _gradient_step(self, losses) -> None:
+        """One Adam step; each loss differentiates only its own parameters (log P_MP also
+        depends on Q, but RWS must not follow that gradient)."""
+        if self.optimizer is None:
             return
-        self.optimizer.zero_grad()
-        trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grads = torch.autograd.grad(loss, trainable, allow_unused=True)
-        for p, g in zip(trainable, grads):
-            p.grad = g
-        self.optimizer.step()
-
-    def _culprit(self, s) -> str:
-        for name, f in s.factors.items():
-            if torch.isnan(f.t).any():
-                return f"node {name!r} has a NaN log-density"
-        return "no particle combination has positive probability"
+        stepped = False
+        for loss, params in losses:
+            params = [p for p in params if p.requires_grad]
+            if not params or not loss.requires_grad:
+                continue
+            for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
+                p.grad = g
+            stepped = True
+        if stepped:
+            self.optimizer.step()
+            self.optimizer.zero_grad()
 
     def _nonfinite_parameter(self) -> str | None:
         for name, f in self.proposal.families.items():

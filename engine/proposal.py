@@ -193,11 +193,22 @@ class DirichletQ(Family):
         return x.clamp_min(torch.finfo(x.dtype).tiny)
 
 
+# Discrete Q families sample from a defensive mixture, (1 - DEFENSIVE) Q + DEFENSIVE
+# uniform, so that a value Q has learned to think impossible still turns up among the
+# K particles now and then: with a bare Q(0) of 1e-6 a QEM run that once overshoots
+# never sees z = 0 again and its moment estimates stick at 1.
+DEFENSIVE = 0.05
+
+
 class BernoulliQ(Family):
     name, shown, discrete = "Bernoulli", ("probs",), True
 
     def dist(self):
-        return D.Bernoulli(logits=self.raw["logits"], validate_args=False)
+        p = (1 - DEFENSIVE) * torch.sigmoid(self.raw["logits"]) + DEFENSIVE / 2
+        return D.Bernoulli(probs=p, validate_args=False)
+
+    def params(self):
+        return {"probs": torch.sigmoid(self.raw["logits"]).detach()}
 
     def stats(self, x):
         return [x]
@@ -211,7 +222,11 @@ class CategoricalQ(Family):
     name, shown, discrete = "Categorical", ("probs",), True
 
     def dist(self):
-        return D.Categorical(logits=self.raw["logits"], validate_args=False)
+        p = torch.softmax(self.raw["logits"], -1)
+        return D.Categorical(probs=(1 - DEFENSIVE) * p + DEFENSIVE / p.shape[-1], validate_args=False)
+
+    def params(self):
+        return {"probs": torch.softmax(self.raw["logits"], -1).detach()}
 
     def stats(self, x):
         n = self.raw["logits"].shape[-1]

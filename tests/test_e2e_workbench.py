@@ -93,7 +93,12 @@ def _wait_text(page, selector, needle, timeout=60):
         if needle in last:
             return last
         time.sleep(0.3)
+    page.screenshot(path="/tmp/wb_e2e_fail.png", full_page=True)
     raise AssertionError(f"{selector!r} never showed {needle!r}; last: {last!r}")
+
+
+def _tab(page, title):
+    page.locator(".bk-tab", has_text=title).first.click()
 
 
 def _fill(page, css, value):
@@ -135,7 +140,7 @@ def test_build_run_save_reload(page, tmp_path):
     pg.screenshot(path="/tmp/wb_e2e_1_edge.png", full_page=True)
 
     # run QEM for a few iterations
-    pg.get_by_role("tab", name="ESS").click()
+    _tab(pg, "ESS")
     ess_before = _text(pg, ".ess-table")
     _fill(pg, ".wb-K", 5)
     _fill(pg, ".wb-iters", 15)
@@ -144,10 +149,10 @@ def test_build_run_save_reload(page, tmp_path):
     ess_after = _wait_text(pg, ".ess-table", "z1")
     assert ess_after != ess_before and "mu" in ess_after
     pg.screenshot(path="/tmp/wb_e2e_2_ess.png", full_page=True)
-    pg.get_by_role("tab", name="ELBO").click()
+    _tab(pg, "ELBO")
     _wait_text(pg, ".elbo-note", "15 points")
     pg.screenshot(path="/tmp/wb_e2e_3_elbo.png", full_page=True)
-    pg.get_by_role("tab", name="Posterior").click()
+    _tab(pg, "Posterior")
     pg.screenshot(path="/tmp/wb_e2e_4_posterior.png", full_page=True)
 
     # save, start afresh, reopen

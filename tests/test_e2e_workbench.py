@@ -136,7 +136,7 @@ def test_build_run_save_reload(page, tmp_path):
     pg.mouse.move(dst["x"] + dst["width"] / 2, dst["y"] + dst["height"] / 2, steps=8)
     pg.mouse.up()
     _wait_text(pg, ".wb-alert-info", "Edge z1 → mu")
-    pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for()
+    pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for(state="attached")
     pg.screenshot(path="/tmp/wb_e2e_1_edge.png", full_page=True)
 
     # run QEM for a few iterations
@@ -167,6 +167,7 @@ def test_build_run_save_reload(page, tmp_path):
     _wait_text(pg, ".wb-title", "0 latent")
     pg.get_by_role("button", name="Open", exact=True).click()
     _wait_text(pg, ".wb-alert-success", "Opened")
-    pg.locator('.react-flow__node[data-id="z1"]').wait_for()
-    pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for()
+    time.sleep(3)
     pg.screenshot(path="/tmp/wb_e2e_5_reloaded.png", full_page=True)
+    pg.locator('.react-flow__node[data-id="z1"]').wait_for()
+    pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for(state="attached")

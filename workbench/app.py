@@ -25,6 +25,7 @@ from bokeh.models import ColumnDataSource
 from engine import DISTRIBUTIONS, Model, ModelError
 
 from . import canvas as C
+from . import exact as E
 from . import data as D
 from . import views as V
 from .forms import NodeForm, DataForm, PlateForm
@@ -81,18 +82,31 @@ NEUTRAL = {"scale": 1.0, "rate": 1.0, "concentration": 1.0, "concentration1": 1.
            "df": 3.0, "probs": 0.5, "total_count": 1, "high": 1.0}
 
 
-def insert_parent(node, spec, parent: str) -> tuple[str, object]:
+def _positive(dist: str) -> bool:
+    from torch.distributions import constraints
+    try:
+        sup = DISTRIBUTIONS[dist].cls.support
+        return isinstance(sup, (constraints.greater_than, constraints.greater_than_eq)) and sup.lower_bound >= 0
+    except (KeyError, NotImplementedError, AttributeError, TypeError):
+        return False
+
+
+def insert_parent(node, spec, parent: str, parent_dist: str | None = None) -> tuple[str, object]:
     """The argument an edge parent -> node fills, and its new value: the first argument
-    holding a plain number becomes `parent`; else `parent` is added to the first one."""
+    holding a plain number becomes `parent` (a positive-only argument such as a scale only
+    for a positive parent); else `parent` is added to the first argument with an expression."""
+    pos = parent_dist is not None and _positive(parent_dist)
     for a in spec.args:
         v = node.args.get(a)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (a not in NEUTRAL or pos):
             return a, parent
     for a in spec.args:
-        if a in node.args:
-            v = node.args[a]
-            if isinstance(v, str):
-                return a, f"{v} + {parent}"
+        v = node.args.get(a)
+        if isinstance(v, str) and (a not in NEUTRAL or pos):
+            return a, f"{v} + {parent}"
+    for a in spec.args:
+        if isinstance(node.args.get(a), str):
+            return a, f"{node.args[a]} + {parent}"
     a = spec.required()[0] if spec.required() else spec.args[0]
     return a, parent
 
@@ -153,7 +167,7 @@ class Workbench:
         else:
             self._startup_error = None
         self.model: Model = model if model is not None else Model("untitled")
-        self.exact_arg = exact
+        self.exact_arg = E.known if exact is None else exact
         self.undo_stack: list[dict] = []
         self.redo_stack: list[dict] = []
         self.pos = C.auto_layout(self.model)
@@ -175,7 +189,7 @@ class Workbench:
     # ---- layout ------------------------------------------------------------------------
     def _build(self, K, iters, method):
         self.alerts = pn.Column(sizing_mode="stretch_width", margin=0)
-        self.title = pn.pane.Markdown("", margin=(0, 10))
+        self.title = pn.pane.Markdown("", margin=(0, 10), css_classes=["wb-title"])
         btn = dict(width=95, margin=(4, 3))
         self.undo_btn = pn.widgets.Button(name="↶ Undo", **btn)
         self.redo_btn = pn.widgets.Button(name="↷ Redo", **btn)
@@ -188,10 +202,12 @@ class Workbench:
         self.add_obs_btn.on_click(lambda e: self.node_form.new(self.model, "observed", _suggest(self.model, "x")))
         self.new_btn.on_click(lambda e: self.new_model())
         ex = examples()
-        self.example = pn.widgets.Select(options=list(ex), value=next(iter(ex), None), width=150, margin=(4, 3))
+        self.example = pn.widgets.Select(options=list(ex), value=next(iter(ex), None), width=170, margin=(4, 3),
+                                         css_classes=["wb-example"])
         self.load_example_btn = pn.widgets.Button(name="Load example", **btn)
         self.load_example_btn.on_click(lambda e: self.example.value and self.open(examples()[self.example.value]))
         self.path_input = pn.widgets.TextInput(value=str(self.path or "model.json"), width=260, margin=(4, 3),
+                                               css_classes=["wb-path"],
                                                placeholder="path/to/model.json")
         self.open_btn = pn.widgets.Button(name="Open", width=70, margin=(4, 3))
         self.save_btn = pn.widgets.Button(name="Save", button_type="success", width=70, margin=(4, 3))
@@ -213,7 +229,7 @@ class Workbench:
         self.flow.on("node_moved", self._on_node_moved)
         self.flow.on("selection_changed", self._on_selection)
         hint = pn.pane.Markdown(
-            "Drag from a node's bottom handle to another node's top handle to make it a parent: the "
+            "Drag from a node's right handle to another node's left handle to make it a parent: the "
             "parent's name goes into the child's arguments (the child's form opens). Drag a node into a plate's box to put it "
             "in that plate. Select and press Delete to remove.",
             styles={"color": "#555", "font-size": "0.85em"}, margin=(0, 10))
@@ -225,9 +241,11 @@ class Workbench:
                                    ("Data", self.data_form.view), dynamic=False, width=400,
                                    styles={"border-left": "1px solid #ddd"})
 
-        self.method = pn.widgets.Select(name="Method", options=list(METHOD_LABELS), value=method, width=90)
-        self.K = pn.widgets.IntInput(name="K", value=K, start=1, end=100000, width=80)
-        self.iters = pn.widgets.IntInput(name="Iterations", value=iters, start=1, end=100000, width=90)
+        self.method = pn.widgets.Select(name="Method", options=list(METHOD_LABELS), value=method, width=90,
+                                        css_classes=["wb-method"])
+        self.K = pn.widgets.IntInput(name="K", value=K, start=1, end=100000, width=80, css_classes=["wb-K"])
+        self.iters = pn.widgets.IntInput(name="Iterations", value=iters, start=1, end=100000, width=90,
+                                         css_classes=["wb-iters"])
         self.lr = pn.widgets.FloatInput(name="Learning rate", value=0.03, start=1e-6, step=0.01, width=100)
         self.seed = pn.widgets.IntInput(name="Seed", value=0, start=0, width=70)
         self.device = pn.widgets.Select(name="Device", options=["auto", "cpu", "cuda"], value="auto", width=80)
@@ -255,7 +273,11 @@ class Workbench:
         self.einsum_steps = pn.pane.DataFrame(None, sizing_mode="stretch_width", index=False)
         self.ess_pane = pn.pane.Bokeh(None, sizing_mode="stretch_width")
         self.ess_note = pn.pane.Markdown("Run a method to see the ESS of every latent, updated each iteration.")
+        self.ess_table = pn.pane.Markdown("", css_classes=["ess-table"])
         self.elbo_pane = pn.pane.Bokeh(V.elbo_figure([]), sizing_mode="stretch_width")
+        self.elbo_note = pn.pane.Markdown("No runs yet: each run's ELBO streams here, runs overlaid for "
+                                          "comparison (click a legend entry to hide a run).",
+                                          css_classes=["elbo-note"])
         self.post_note = pn.pane.Markdown("Run a method to see posterior summaries.")
         self.post_table = pn.pane.DataFrame(None, sizing_mode="stretch_width", max_height=360,
                                             styles={"overflow": "auto"})
@@ -267,8 +289,8 @@ class Workbench:
             (TABS[1], pn.Column(self.einsum_head, self.einsum_summary, pn.pane.Markdown("**Contraction steps, "
                                 "in order** (plate levels innermost first)"), self.einsum_steps,
                                 sizing_mode="stretch_width")),
-            (TABS[2], pn.Column(self.ess_note, self.ess_pane, sizing_mode="stretch_width")),
-            (TABS[3], self.elbo_pane),
+            (TABS[2], pn.Column(self.ess_note, self.ess_pane, self.ess_table, sizing_mode="stretch_width")),
+            (TABS[3], pn.Column(self.elbo_note, self.elbo_pane, sizing_mode="stretch_width")),
             (TABS[4], pn.Column(self.post_note, self.post_table, self.post_names, self.post_plots,
                                 sizing_mode="stretch_width")),
             dynamic=False, sizing_mode="stretch_width", min_height=420)
@@ -387,7 +409,8 @@ class Workbench:
         what = f"Adding node {name!r}" if original is None else f"Changing node {name!r}"
         if self.edit(fn, what):
             if original is None and name not in self.pos:
-                self.pos[name] = C.free_spot({k: v for k, v in self.pos.items() if not k.startswith("plate:")})
+                self.pos[name] = C.free_spot({k: v for k, v in self.pos.items() if k in self.model.graph},
+                                             C.plate_boxes(self.model, self.pos))
                 self.refresh_canvas()
             self.node_form.show(self.model, name)
             self.alert(f"{what}: done.", "success")
@@ -408,7 +431,7 @@ class Workbench:
             self.refresh_canvas()
             return False
         node = self.model.node(child)
-        arg, value = insert_parent(node, DISTRIBUTIONS[node.dist], parent)
+        arg, value = insert_parent(node, DISTRIBUTIONS[node.dist], parent, self.model.node(parent).dist)
         args = {**node.args, arg: value}
         ok = self.edit(lambda m: m.update_node(child, args=args), f"Edge {parent} → {child}")
         if ok:
@@ -541,7 +564,7 @@ class Workbench:
         self.node_form.clear()
         self.result, self.samples, self.last_ess = None, None, None
         self.refresh()
-        self.flow.nodes = C.canvas_nodes(self.model, self.pos)
+        self.flow.viewport = C.fit_viewport(self.model, self.pos)
 
     def document(self) -> dict:
         doc = self.model.to_dict()
@@ -730,6 +753,7 @@ class Workbench:
     def clear_runs(self):
         self.runs = [r for r in self.runs[-1:] if self.worker is not None and self.worker.is_alive()]
         self.elbo_pane.object = V.elbo_figure(self.runs)
+        self.elbo_note.object = "Runs cleared."
 
     def poll(self):
         """Drain the worker's queue into the views (runs on the UI's event loop)."""
@@ -776,6 +800,9 @@ class Workbench:
         else:
             self.elbo_pane.object = V.elbo_figure(self.runs)
         last = steps[-1]
+        self.elbo_note.object = " · ".join(
+            f"**{r['label']}**: {len(r['elbo'])} points" + (f", last ELBO {r['elbo'][-1]:.4g}" if r["elbo"] else "")
+            for r in self.runs[-4:])
         self.last_ess = last.ess
         self.progress.value = min(last.iteration, self.progress.max)
         self.status.object = (f"iteration {last.iteration}/{self.progress.max} · ELBO {last.elbo:.4g} · "
@@ -787,6 +814,10 @@ class Workbench:
                                f"of {self.runs[-1]['label'] if self.runs else ''}: bars are the median over plate " \
                                f"elements, dots the minimum; red latents are degenerate (min ESS below the " \
                                f"dashed threshold)."
+        d = V.ess_data(ess, K)
+        self.ess_table.object = "| latent | min ESS | median ESS | |\n|---|---|---|---|\n" + "\n".join(
+            f"| {n} | {a:.3g} | {b:.3g} | {'**degenerate**' if g else 'ok'} |"
+            for n, a, b, g in zip(d["latent"], d["min"], d["median"], d["degenerate"]))
         fig = self.ess_pane.object
         src = fig.select_one({"name": "ess", "type": ColumnDataSource}) if fig is not None else None
         if src is not None and list(src.data["latent"]) == list(ess) and getattr(fig, "_wb_K", None) == K:

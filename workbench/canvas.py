@@ -35,13 +35,6 @@ STYLES = """
 }
 .react-flow__node-plate .rf-node-content { padding: 2px 8px; min-width: 0; }
 .react-flow__handle { width: 10px; height: 10px; background: #1f6feb; border: 1.5px solid white; }
-/* parents above, children below: inputs on top, outputs at the bottom */
-.react-flow__node-latent .react-flow__handle-left, .react-flow__node-observed .react-flow__handle-left {
-  left: 50%; top: 0; transform: translate(-50%, -50%);
-}
-.react-flow__node-latent .react-flow__handle-right, .react-flow__node-observed .react-flow__handle-right {
-  left: 50%; right: auto; top: 100%; transform: translate(-50%, -50%);
-}
 .react-flow__edge-path { stroke: #555; }
 """
 
@@ -59,6 +52,7 @@ def layout_dot(model) -> str:
     """The plate diagram with every node the canvas's size, for Graphviz to lay out."""
     dot = plate_diagram_dot(model, show_data=False)
     w, h = (NODE_W + 30) / 72, (NODE_H + 24) / 72
+    dot = dot.replace("rankdir=TB", "rankdir=LR", 1)
     return dot.replace("  node [", f"  node [shape=box, fixedsize=true, width={w:.3f}, height={h:.3f}, ", 1)
 
 
@@ -82,14 +76,44 @@ def auto_layout(model) -> dict[str, tuple[float, float]]:
         import networkx as nx
         for r, gen in enumerate(nx.topological_generations(model.graph)):
             for c, n in enumerate(sorted(gen)):
-                pos.setdefault(n, (40 + c * (NODE_W + 40), 40 + r * 110))
+                pos.setdefault(n, (40 + r * (NODE_W + 80), 40 + c * 90))
     return pos
 
 
 def free_spot(pos: dict, boxes: dict | None = None) -> tuple[float, float]:
-    """A place right of everything drawn."""
-    xs = [x + NODE_W for x, _ in pos.values()] + [b[2] for b in (boxes or {}).values()]
-    return (max(xs) + 40 if xs else 40, 40)
+    """The first grid cell, scanning rows inside (then below) what is drawn, that
+    overlaps no node and no plate box."""
+    rects = [(x, y, x + NODE_W, y + NODE_H) for k, (x, y) in pos.items() if not k.startswith("plate:")]
+    rects += list((boxes or {}).values())
+    if not rects:
+        return (40, 40)
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    x1, y1 = max(r[2] for r in rects), max(r[3] for r in rects)
+    step_x, step_y = NODE_W + 30, NODE_H + 30
+    y = y0
+    while True:
+        x = x0
+        while x + NODE_W <= max(x1, x0 + NODE_W):
+            if not any(x < r[2] + 10 and x + NODE_W > r[0] - 10 and y < r[3] + 10 and y + NODE_H > r[1] - 10
+                       for r in rects):
+                return (x, y)
+            x += step_x
+        y += step_y
+        if y > y1 + 10 * step_y:
+            return (x0, y1 + 30)
+
+
+def fit_viewport(model, pos: dict, width: int = 860, height: int = 480) -> dict:
+    """A React Flow viewport showing everything drawn in a width x height canvas."""
+    boxes = plate_boxes(model, pos)
+    rects = [(x, y, x + NODE_W, y + NODE_H) for k, (x, y) in pos.items() if k in model.graph]
+    rects += list(boxes.values())
+    if not rects:
+        return {"x": 0, "y": 0, "zoom": 1}
+    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    x1, y1 = max(r[2] for r in rects), max(r[3] for r in rects)
+    zoom = max(0.2, min(1.0, (width - 40) / (x1 - x0 + 1), (height - 40) / (y1 - y0 + 1)))
+    return {"x": 20 - x0 * zoom, "y": 20 - y0 * zoom, "zoom": zoom}
 
 
 def plate_boxes(model, pos: dict, exclude: str | None = None) -> dict[str, tuple[float, float, float, float]]:
@@ -125,7 +149,8 @@ def plate_at(model, pos: dict, name: str, x: float, y: float) -> str | None:
 def canvas_nodes(model, pos: dict, ess: dict | None = None, K: int | None = None) -> list[dict]:
     for n in model.graph:
         if n not in pos:
-            pos[n] = free_spot({k: v for k, v in pos.items() if not k.startswith("plate:")})
+            pos[n] = free_spot({k: v for k, v in pos.items() if not k.startswith("plate:") and k in model.graph},
+                               plate_boxes(model, pos))
     boxes = plate_boxes(model, pos)
     out = []
     for p in sorted(model.plates, key=lambda p: len(model.chain(p))):   # outer plates first, drawn below
@@ -150,7 +175,7 @@ def canvas_nodes(model, pos: dict, ess: dict | None = None, K: int | None = None
 
 
 def canvas_edges(model) -> list[dict]:
-    return [{"id": f"{a}->{b}", "source": a, "target": b, "type": "straight", "markerEnd": {"type": "arrowclosed", "width": 18, "height": 18, "color": "#555"},
+    return [{"id": f"{a}->{b}", "source": a, "target": b, "markerEnd": {"type": "arrowclosed", "width": 18, "height": 18, "color": "#555"},
              "style": {"strokeWidth": 1.6}} for a, b in model.graph.edges]
 
 
@@ -159,5 +184,5 @@ def make_flow(model, pos, height=480):
     return ReactFlow(nodes=canvas_nodes(model, pos), edges=canvas_edges(model), node_types=node_types(),
                      editable=True, enable_connect=True, enable_delete=True, display_side_bar=False,
                      show_minimap=False, min_zoom=0.2, max_zoom=2, sync_mode="event", stylesheets=[STYLES],
-                     editor_mode="side", default_edge_options={"type": "straight"}, height=height,
+                     editor_mode="side", default_edge_options={}, height=height,
                      sizing_mode="stretch_width")

@@ -28,6 +28,7 @@ from . import canvas as C
 from . import exact as E
 from . import data as D
 from . import views as V
+from .compat import W
 from .forms import NodeForm, DataForm, PlateForm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,31 +192,32 @@ class Workbench:
         self.alerts = pn.Column(sizing_mode="stretch_width", margin=0)
         self.title = pn.pane.Markdown("", margin=(0, 10), css_classes=["wb-title"])
         btn = dict(width=95, margin=(4, 3))
-        self.undo_btn = pn.widgets.Button(name="↶ Undo", **btn)
-        self.redo_btn = pn.widgets.Button(name="↷ Redo", **btn)
-        self.add_latent_btn = pn.widgets.Button(name="+ Latent", button_type="primary", button_style="outline", **btn)
-        self.add_obs_btn = pn.widgets.Button(name="+ Observed", button_type="primary", button_style="outline", **btn)
-        self.new_btn = pn.widgets.Button(name="New model", **btn)
+        self.undo_btn = W(pn.widgets.Button, label="↶ Undo", **btn)
+        self.redo_btn = W(pn.widgets.Button, label="↷ Redo", **btn)
+        accent = dict(button_type="primary", button_style="outline", **btn)
+        self.add_latent_btn = W(pn.widgets.Button, label="+ Latent", **accent)
+        self.add_obs_btn = W(pn.widgets.Button, label="+ Observed", **accent)
+        self.new_btn = W(pn.widgets.Button, label="New model", **btn)
         self.undo_btn.on_click(lambda e: self.undo())
         self.redo_btn.on_click(lambda e: self.redo())
         self.add_latent_btn.on_click(lambda e: self.node_form.new(self.model, "latent", _suggest(self.model, "z")))
         self.add_obs_btn.on_click(lambda e: self.node_form.new(self.model, "observed", _suggest(self.model, "x")))
         self.new_btn.on_click(lambda e: self.new_model())
         ex = examples()
-        self.example = pn.widgets.Select(options=list(ex), value=next(iter(ex), None), width=170, margin=(4, 3),
+        self.example = W(pn.widgets.Select, options=list(ex), value=next(iter(ex), None), width=170, margin=(4, 3),
                                          css_classes=["wb-example"])
-        self.load_example_btn = pn.widgets.Button(name="Load example", **btn)
+        self.load_example_btn = W(pn.widgets.Button, label="Load example", **btn)
         self.load_example_btn.on_click(lambda e: self.example.value and self.open(examples()[self.example.value]))
-        self.path_input = pn.widgets.TextInput(value=str(self.path or "model.json"), width=260, margin=(4, 3),
+        self.path_input = W(pn.widgets.TextInput, value=str(self.path or "model.json"), width=260, margin=(4, 3),
                                                css_classes=["wb-path"],
                                                placeholder="path/to/model.json")
-        self.open_btn = pn.widgets.Button(name="Open", width=70, margin=(4, 3))
-        self.save_btn = pn.widgets.Button(name="Save", button_type="success", width=70, margin=(4, 3))
+        self.open_btn = W(pn.widgets.Button, label="Open", width=70, margin=(4, 3))
+        self.save_btn = W(pn.widgets.Button, label="Save", button_type="success", width=70, margin=(4, 3))
         self.open_btn.on_click(lambda e: self.open(self.path_input.value))
         self.save_btn.on_click(lambda e: self.save(self.path_input.value))
-        self.download = pn.widgets.FileDownload(callback=self._download, filename="model.json", label="Download",
+        self.download = W(pn.widgets.FileDownload, callback=self._download, filename="model.json", label="Download",
                                                 button_type="light", width=100, margin=(4, 3))
-        self.upload = pn.widgets.FileInput(accept=".json", width=200, margin=(4, 3))
+        self.upload = W(pn.widgets.FileInput, accept=".json", width=200, margin=(4, 3))
         self.upload.param.watch(self._uploaded, "value")
         toolbar = pn.Row(self.undo_btn, self.redo_btn, self.add_latent_btn, self.add_obs_btn, self.new_btn,
                          pn.Spacer(width=10), self.example, self.load_example_btn, pn.Spacer(width=10),
@@ -241,18 +243,18 @@ class Workbench:
                                    ("Data", self.data_form.view), dynamic=False, width=400,
                                    styles={"border-left": "1px solid #ddd"})
 
-        self.method = pn.widgets.Select(name="Method", options=list(METHOD_LABELS), value=method, width=90,
+        self.method = W(pn.widgets.Select, label="Method", options=list(METHOD_LABELS), value=method, width=90,
                                         css_classes=["wb-method"])
-        self.K = pn.widgets.IntInput(name="K", value=K, start=1, end=100000, width=80, css_classes=["wb-K"])
-        self.iters = pn.widgets.IntInput(name="Iterations", value=iters, start=1, end=100000, width=90,
+        self.K = W(pn.widgets.IntInput, label="K", value=K, start=1, end=100000, width=80, css_classes=["wb-K"])
+        self.iters = W(pn.widgets.IntInput, label="Iterations", value=iters, start=1, end=100000, width=90,
                                          css_classes=["wb-iters"])
-        self.lr = pn.widgets.FloatInput(name="Learning rate", value=0.03, start=1e-6, step=0.01, width=100)
-        self.seed = pn.widgets.IntInput(name="Seed", value=0, start=0, width=70)
-        self.device = pn.widgets.Select(name="Device", options=["auto", "cpu", "cuda"], value="auto", width=80)
-        self.run_btn = pn.widgets.Button(name="▶ Run", button_type="primary", width=90, margin=(22, 5, 5, 5))
-        self.stop_btn = pn.widgets.Button(name="■ Stop", button_type="danger", width=80, margin=(22, 5, 5, 5),
+        self.lr = W(pn.widgets.FloatInput, label="Learning rate", value=0.03, start=1e-6, step=0.01, width=100)
+        self.seed = W(pn.widgets.IntInput, label="Seed", value=0, start=0, width=70)
+        self.device = W(pn.widgets.Select, label="Device", options=["auto", "cpu", "cuda"], value="auto", width=80)
+        self.run_btn = W(pn.widgets.Button, label="▶ Run", button_type="primary", width=90, margin=(22, 5, 5, 5))
+        self.stop_btn = W(pn.widgets.Button, label="■ Stop", button_type="danger", width=80, margin=(22, 5, 5, 5),
                                           disabled=True)
-        self.clear_btn = pn.widgets.Button(name="Clear runs", width=90, margin=(22, 5, 5, 5))
+        self.clear_btn = W(pn.widgets.Button, label="Clear runs", width=90, margin=(22, 5, 5, 5))
         self.run_btn.on_click(lambda e: self.run())
         self.stop_btn.on_click(lambda e: self.stop())
         self.clear_btn.on_click(lambda e: self.clear_runs())
@@ -281,7 +283,7 @@ class Workbench:
         self.post_note = pn.pane.Markdown("Run a method to see posterior summaries.")
         self.post_table = pn.pane.DataFrame(None, sizing_mode="stretch_width", max_height=360,
                                             styles={"overflow": "auto"})
-        self.post_names = pn.widgets.MultiChoice(name="Latents to plot", options=[], width=500)
+        self.post_names = W(pn.widgets.MultiChoice, label="Latents to plot", options=[], width=500)
         self.post_names.param.watch(lambda e: self.update_posterior_plots(), "value")
         self.post_plots = pn.pane.Bokeh(None, sizing_mode="stretch_width")
         self.views = pn.Tabs(
@@ -319,7 +321,7 @@ class Workbench:
         """Show one message above the canvas (the newest replaces older ones of the same kind)."""
         pane = pn.pane.Alert(message, alert_type=kind, sizing_mode="stretch_width", margin=(2, 10),
                              css_classes=[f"wb-alert-{kind}"])
-        close = pn.widgets.Button(name="✕", width=30, margin=(8, 4), button_type="light")
+        close = W(pn.widgets.Button, label="✕", width=30, margin=(8, 4), button_type="light")
         row = pn.Row(pane, close, sizing_mode="stretch_width")
         close.on_click(lambda e: self.alerts.remove(row) if row in self.alerts else None)
         keep = [r for r in self.alerts if getattr(r, "_wb_kind", None) != kind][-2:]
@@ -712,13 +714,13 @@ class Workbench:
             from engine.fit import Fitter
             f = Fitter(model, method=method, K=K, seed=seed, lr=lr, device=device)
             self.fitter = f
-            if self._stop_requested:
-                f.stop()
             for step in f.run(iters):
                 if not math.isfinite(step.elbo):
                     q.put(("error", f"iteration {step.iteration}: the ELBO is {step.elbo} (NaN)"))
                     break
                 q.put(("step", step))
+                if self._stop_requested:       # also covers a Stop pressed before the loop began
+                    break
             r = f.result()
             q.put(("status", "Computing the posterior summary…"))
             samples = V.posterior_draws(r, 1000)

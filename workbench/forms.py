@@ -8,6 +8,8 @@ import json
 import numpy as np
 import panel as pn
 
+from .compat import W
+
 from engine import DISTRIBUTIONS
 
 NONE = "(none)"
@@ -58,18 +60,18 @@ class NodeForm:
         self.original: str | None = None
         self.title = pn.pane.Markdown("### Node\nSelect a node on the canvas, or add one.", margin=(0, 5))
         self.note = pn.pane.Alert("", alert_type="info", visible=False, margin=(0, 5))
-        self.name = pn.widgets.TextInput(name="Name", width=140)
-        self.kind = pn.widgets.RadioButtonGroup(options=["latent", "observed"], value="latent", button_type="light",
+        self.name = W(pn.widgets.TextInput, label="Name", width=140)
+        self.kind = W(pn.widgets.RadioButtonGroup, options=["latent", "observed"], value="latent", button_type="light",
                                                 width=160)
-        self.dist = pn.widgets.Select(name="Distribution", options=sorted(DISTRIBUTIONS), value="Normal", width=170)
+        self.dist = W(pn.widgets.Select, label="Distribution", options=sorted(DISTRIBUTIONS), value="Normal", width=170)
         self.dist_doc = pn.pane.Markdown("", margin=(0, 5), styles={"color": "#555", "font-size": "0.85em"})
         self.args = pn.Column(margin=0)
         self.arg_inputs: dict[str, pn.widgets.TextInput] = {}
-        self.plate = pn.widgets.Select(name="Plate", options=[NONE], width=140)
-        self.shape = pn.widgets.TextInput(name="Shape (optional)", placeholder="e.g. 3", width=140)
-        self.data = pn.widgets.Select(name="Data (observed)", options=[], width=170)
-        self.apply = pn.widgets.Button(name="Apply", button_type="primary", width=90)
-        self.delete = pn.widgets.Button(name="Delete node", button_type="danger", button_style="outline", width=110)
+        self.plate = W(pn.widgets.Select, label="Plate", options=[NONE], width=140)
+        self.shape = W(pn.widgets.TextInput, label="Shape (optional)", placeholder="e.g. 3", width=140)
+        self.data = W(pn.widgets.Select, label="Data (observed)", options=[], width=170)
+        self.apply = W(pn.widgets.Button, label="Apply", button_type="primary", width=90)
+        self.delete = W(pn.widgets.Button, label="Delete node", button_type="danger", button_style="outline", width=110)
         self.apply.on_click(lambda e: self._apply())
         self.delete.on_click(lambda e: self.original and self.on_delete(self.original))
         self.dist.param.watch(lambda e: self._build_args(self._current_args()), "value")
@@ -96,7 +98,7 @@ class NodeForm:
                 hint = f"one of {'/'.join(alts[a])}"
             else:
                 hint = "required"
-            w = pn.widgets.TextInput(name=f"{a}  ({hint})", value=str(values.get(a, "")),
+            w = W(pn.widgets.TextInput, label=f"{a}  ({hint})", value=str(values.get(a, "")),
                                      placeholder="number, [list], expression or {\"param\": 1.0}",
                                      sizing_mode="stretch_width", css_classes=[f"arg-{a}"])
             if a == highlight:
@@ -173,14 +175,14 @@ class NodeForm:
 class PlateForm:
     def __init__(self, on_add, on_resize, on_remove):
         self.table = pn.pane.Markdown("", margin=(0, 5))
-        self.name = pn.widgets.TextInput(name="New plate", placeholder="name", width=120)
-        self.size = pn.widgets.IntInput(name="Size", value=3, start=1, width=80)
-        self.parent = pn.widgets.Select(name="Inside", options=[NONE], width=120)
-        self.add = pn.widgets.Button(name="Add plate", button_type="primary", width=100)
-        self.which = pn.widgets.Select(name="Plate", options=[], width=120)
-        self.new_size = pn.widgets.IntInput(name="Size", value=1, start=1, width=80)
-        self.resize = pn.widgets.Button(name="Resize", width=80)
-        self.remove = pn.widgets.Button(name="Remove", button_type="danger", button_style="outline", width=80)
+        self.name = W(pn.widgets.TextInput, label="New plate", placeholder="name", width=120)
+        self.size = W(pn.widgets.IntInput, label="Size", value=3, start=1, width=80)
+        self.parent = W(pn.widgets.Select, label="Inside", options=[NONE], width=120)
+        self.add = W(pn.widgets.Button, label="Add plate", button_type="primary", width=100)
+        self.which = W(pn.widgets.Select, label="Plate", options=[], width=120)
+        self.new_size = W(pn.widgets.IntInput, label="Size", value=1, start=1, width=80)
+        self.resize = W(pn.widgets.Button, label="Resize", width=80)
+        self.remove = W(pn.widgets.Button, label="Remove", button_type="danger", button_style="outline", width=80)
         self.add.on_click(lambda e: on_add(self.name.value.strip(), int(self.size.value),
                                            None if self.parent.value == NONE else self.parent.value))
         self.resize.on_click(lambda e: self.which.value and on_resize(self.which.value, int(self.new_size.value)))
@@ -218,12 +220,12 @@ class DataForm:
         self.group_pad, self.describe = group_pad, describe
         self.sources: dict[str, dict] = {}
         self.table = pn.pane.Markdown("", margin=(0, 5))
-        self.source = pn.widgets.Select(name="Source", options=list(bundled), width=230)
-        self.upload = pn.widgets.FileInput(accept=".csv,.npz", multiple=False, width=230)
-        self.column = pn.widgets.Select(name="Column", options=[], width=130)
-        self.group = pn.widgets.Select(name="Group by (optional)", options=[NONE], width=130)
-        self.target = pn.widgets.TextInput(name="Name in model", width=130)
-        self.attach = pn.widgets.Button(name="Attach data", button_type="primary", width=110)
+        self.source = W(pn.widgets.Select, label="Source", options=list(bundled), width=230)
+        self.upload = W(pn.widgets.FileInput, accept=".csv,.npz", multiple=False, width=230)
+        self.column = W(pn.widgets.Select, label="Column", options=[], width=130)
+        self.group = W(pn.widgets.Select, label="Group by (optional)", options=[NONE], width=130)
+        self.target = W(pn.widgets.TextInput, label="Name in model", width=130)
+        self.attach = W(pn.widgets.Button, label="Attach data", button_type="primary", width=110)
         self.info = pn.pane.Markdown("", styles={"color": "#555", "font-size": "0.85em"})
         self.source.param.watch(lambda e: self._load_source(), "value")
         self.column.param.watch(lambda e: self._column_changed(), "value")

@@ -73,6 +73,7 @@ class Plan:
                 if plate is not None:
                     pending[self._level(up, depth)].append(key)
             self.levels.append(level)
+        self.dims_of = dims_of     # dims of every factor and level output, by name
 
     def _chain(self, p):
         out = []
@@ -113,12 +114,13 @@ class Plan:
         return Component(names, here, out, steps, info)
 
     # ---- running ------------------------------------------------------------------
-    def contract(self, factors: dict[str, Named], K: dict[str, int]) -> tuple[torch.Tensor, list]:
-        """log P_MP and, for posterior sampling, the operands of every step."""
+    def contract(self, factors: dict[str, Named], sizes: dict[str, int], levels=None):
+        """Run `levels` (default all, innermost first). Returns log P_MP (None if the root
+        was not run), the operands of every step (for posterior sampling), and every
+        value by name, level outputs `<plate:i>` included."""
         vals = dict(factors)
-        trace = []
-        total = None
-        for level in self.levels:
+        trace, total = [], None
+        for level in self.levels if levels is None else levels:
             lvl_trace = []
             for ci, comp in enumerate(level.components):
                 work = [vals[n] for n in comp.factors]
@@ -126,23 +128,19 @@ class Plan:
                 for st in comp.steps:
                     ins = [work[i] for i in st.inputs]
                     work = [w for i, w in enumerate(work) if i not in st.inputs]
-                    res = logspace_einsum(ins, st.removed, st.out_dims, st.equation)
                     steps.append(ins)
-                    work.append(res)
+                    work.append(logspace_einsum(ins, st.removed, st.out_dims, st.equation))
                 (res,) = work
                 lvl_trace.append(steps)
-                t = res.t - sum(math.log(K[d]) for d in comp.local)
+                t = res.t - sum(math.log(sizes[d]) for d in comp.local)
                 plate = level.plate
                 if plate is None:
                     total = t if total is None else total + t
                 else:
-                    if plate in res.dims:
-                        t = t.sum(res.dims.index(plate))
-                    else:
-                        t = t * self.sizes[plate]
+                    t = t.sum(res.dims.index(plate)) if plate in res.dims else t * sizes[plate]
                     vals[f"<{plate}:{ci}>"] = Named(t, tuple(d for d in res.dims if d != plate))
             trace.append(lvl_trace)
-        return total, trace
+        return total, trace, vals
 
     def describe(self) -> list[dict]:
         """The plan for people: per level, per component, the steps and their costs."""
@@ -192,22 +190,56 @@ def _components(names, dims_of, local):
 
 def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[str, ...], eq: str) -> Named:
     """log einsum(exp(a), exp(b), ...): each operand is shifted by its own max over the
-    summed dims. If that underflows (operands whose maxima sit at different values of a
-    summed index), the step is redone in float64 and, failing that, by an exact
-    broadcast logsumexp."""
+    summed dims. Where that underflows (operands whose maxima sit at different values of
+    a summed index: [0, -200] and [-200, 0] give -inf, not -199.3), the step is redone
+    in float64, and entries still -inf are recomputed exactly by a logsumexp over
+    their own slices only, so a genuine zero stays -inf and nothing is broadcast whole."""
     if len(ins) == 1 and not removed:
         (x,) = ins
         return Named(x.t.permute(*[x.dims.index(d) for d in out_dims]), out_dims)
-    res = _shifted(ins, removed, out_dims, eq, None)
-    if torch.isneginf(res).any():
-        if res.dtype == torch.float32:
-            res = _shifted(ins, removed, out_dims, eq, torch.float64).to(res.dtype)
-        if torch.isneginf(res).any():
-            res = _broadcast_lse(ins, removed, out_dims)
-    return Named(res, out_dims)
+    prod, shift = _exp_einsum(ins, removed, out_dims, eq, None)
+    bad = prod == 0
+    if bad.any() and prod.dtype == torch.float32:
+        prod, shift = _exp_einsum(ins, removed, out_dims, eq, torch.float64)
+        bad = prod == 0
+    if bad.any():   # log of a safe value, so no 0 * inf reaches the einsum's gradient
+        exact = _exact_entries(ins, removed, out_dims, bad).to(prod.dtype)
+        res = torch.where(bad, exact, torch.log(torch.where(bad, torch.ones_like(prod), prod)) + shift)
+    else:
+        res = torch.log(prod) + shift
+    return Named(res.to(ins[0].t.dtype), out_dims)
 
 
-def _shifted(ins, removed, out_dims, eq, dtype):
+def _exact_entries(ins, removed, out_dims, bad, block_elements=1 << 22):
+    """A tensor shaped like `bad` holding, at its True entries, the exact logsumexp over
+    `removed` of the operands' sum (zeros elsewhere)."""
+    if not out_dims:
+        return torch.logsumexp(sum(x.align(removed, 0) for x in ins).reshape(-1), 0)
+    where = torch.nonzero(bad)                                   # (n_bad, len(out_dims))
+    sizes = {d: n for x in ins for d, n in zip(x.dims, x.t.shape)}
+    rsizes = [sizes[d] for d in removed]
+    block = max(1, block_elements // max(1, math.prod(rsizes)))
+    vals = []
+    for start in range(0, len(where), block):
+        rows = where[start:start + block]
+        total = 0
+        for x in ins:
+            index = []
+            for d in x.dims:
+                if d in out_dims:
+                    index.append(rows[:, out_dims.index(d)].reshape(-1, *[1] * len(removed)))
+                else:
+                    r = removed.index(d)
+                    index.append(torch.arange(sizes[d], device=x.t.device).reshape(1, *[sizes[d] if i == r else 1
+                                                                                         for i in range(len(removed))]))
+            total = total + x.t[tuple(index)]
+        vals.append(torch.logsumexp(total.reshape(len(rows), -1), -1) if removed else total.reshape(len(rows)))
+    vals = torch.cat(vals)
+    return torch.zeros(bad.shape, dtype=vals.dtype, device=vals.device).index_put(tuple(where.T), vals)
+
+
+def _exp_einsum(ins, removed, out_dims, eq, dtype):
+    """einsum of the shifted exponentials, and the shift to add back to its log."""
     exps, shift = [], 0
     for x in ins:
         t = x.t if dtype is None else x.t.to(dtype)
@@ -221,12 +253,4 @@ def _shifted(ins, removed, out_dims, eq, dtype):
         exps.append(torch.exp(t - m))
         kept = tuple(d for d in x.dims if d not in removed)
         shift = shift + Named(m.reshape([s for i, s in enumerate(m.shape) if x.dims[i] not in removed]), kept).align(out_dims, 0)
-    return torch.log(torch.einsum(eq, *exps)) + shift
-
-
-def _broadcast_lse(ins, removed, out_dims):
-    dims = tuple(out_dims) + tuple(removed)
-    total = sum(x.align(dims, 0) for x in ins)
-    if removed:
-        total = torch.logsumexp(total, dim=tuple(range(len(out_dims), len(dims))))
-    return total.expand(tuple(max(x.sizes.get(d, 1) for x in ins) for d in out_dims))
+    return torch.einsum(eq, *exps), shift

@@ -351,17 +351,19 @@ class Model:
         return Model.from_dict(self.to_dict())
 
     # ---- inference entry points ------------------------------------------------------
-    def compile(self, K: int, *, mode: str = "mp", device="auto", dtype="float32", proposal="prior"):
+    def compile(self, K: int, **options):
+        """The model compiled for K particles: options mode ("mp" or "global"), device,
+        dtype, proposal ("prior", "q" or a Proposal), optimize, memory_budget (bytes)."""
         from .program import Program
-        return Program(self, K, mode=mode, device=device, dtype=dtype, proposal=proposal)
+        return Program(self, K, **options)
 
-    def sample(self, K: int, seed: int = 0, *, device="auto", dtype="float32", proposal="prior"):
+    def sample(self, K: int, seed: int = 0, **options):
         """Massively parallel importance sample: K particles for every latent."""
-        return self.compile(K, device=device, dtype=dtype, proposal=proposal).sample(seed)
+        return self.compile(K, **options).sample(seed)
 
-    def sample_global(self, K: int, seed: int = 0, *, device="auto", dtype="float32", proposal="prior"):
+    def sample_global(self, K: int, seed: int = 0, **options):
         """Classic importance sampling: K joint samples of all latents, one weight each."""
-        return self.compile(K, mode="global", device=device, dtype=dtype, proposal=proposal).sample(seed)
+        return self.compile(K, mode="global", **options).sample(seed)
 
     def __repr__(self):
         return f"Model({self.name!r}: {len(self.latents)} latents, {len(self.observed)} observed, plates {list(self.plates)})"

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from .contract import Plan
 from .dists import build, event_sum, get_spec, support_fill
@@ -48,7 +49,8 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 class Program:
     def __init__(self, model: Model, K: int, *, mode: str = "mp", device="auto", dtype="float32",
-                 proposal="prior", params: dict | None = None, optimize: str = "greedy"):
+                 proposal="prior", params: dict | None = None, optimize: str = "greedy",
+                 memory_budget=None):
         if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
             raise ModelError(f"K must be a positive integer, got {K!r}")
         if mode not in ("mp", "global"):
@@ -87,6 +89,9 @@ class Program:
             {self.kdim[i]: model.node(i).plate for i in self.latents}
         self.plan = Plan(self.factor_dims, home, {p.name: p.parent for p in model.plates.values()},
                          self.sizes, self.rank, optimize=optimize)
+        self._window = None      # (plate, start, stop) while one chunk of a split run is computed
+        self.memory_budget = default_budget(self.device) if memory_budget in (None, "auto") else int(memory_budget)
+        self.split = self._plan_split()
 
     # ---- structure -------------------------------------------------------------------
     def _factor_dims(self, node: Node) -> tuple[str, ...]:
@@ -203,10 +208,23 @@ class Program:
                     v = _permute(v, self.kdim[name], kd, self.chain[node.name], perms[name], self.rank)
                 env[name] = v
             elif name in self._observed:
-                env[name] = self._observed[name][0]
+                env[name] = self._narrow(self._observed[name][0])
             else:
-                env[name] = self.data(name, node)
+                env[name] = self._narrow(self.data(name, node))
         return Env(env, self.rank, self.device, self.dtype)
+
+    def _narrow(self, v: Named) -> Named:
+        """v restricted to the chunk being computed, if any."""
+        if self._window is None:
+            return v
+        plate, i, j = self._window
+        return Named(v.t.narrow(v.dims.index(plate), i, j - i), v.dims) if plate in v.dims else v
+
+    def _sizes(self) -> dict[str, int]:
+        if self._window is None:
+            return self.sizes
+        plate, i, j = self._window
+        return {**self.sizes, plate: j - i}
 
     def _args(self, node: Node, env: Env) -> dict[str, Named]:
         out = {}
@@ -280,6 +298,8 @@ class Program:
         args = self._args(node, self._env(node, values))
         if node.kind == "observed":
             value, mask = self._observed[node.name]
+            value = self._narrow(value)
+            mask = None if mask is None else self._narrow(Named(mask, value.dims)).t
         else:
             value, mask = values[node.name], None
         d, dims, n_extra = self._dist(node, args, value.dims)
@@ -311,25 +331,32 @@ class Program:
         if kaxes:
             ok = ok.any(dim=kaxes)
         chain = self.chain[node.name]
-        ok = Named(ok, tuple(x for x in dims if x in self.plate_sizes)).expand_to(chain, self.sizes)
+        ok = Named(ok, tuple(x for x in dims if x in self.plate_sizes)).expand_to(chain, self._sizes())
         if mask is not None:
             ok = ok | ~mask
         if not bool(ok.all()):
             idx = tuple(int(i) for i in torch.nonzero(~ok)[0])
+            if self._window is not None:
+                plate, start, _ = self._window
+                k = chain.index(plate)
+                idx = idx[:k] + (idx[k] + start,) + idx[k + 1:]
             val = self._observed[node.name][0].t[idx]
             raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} is outside "
                              f"the support of {node.dist}")
 
-    def factors(self, values: dict[str, Named]) -> dict[str, Named]:
+    def factors(self, values: dict[str, Named], nodes=None) -> dict[str, Named]:
+        """The factor of every node (or of `nodes`), restricted to the current chunk."""
+        sizes = self._sizes()
+        values = {k: self._narrow(v) for k, v in values.items()}
         out = {}
-        for node in self.nodes:
+        for node in self.nodes if nodes is None else nodes:
             name = node.name
             dims = self.factor_dims[name]
             if node.kind == "latent":
                 q = self.proposal[name]
                 if q is None and set(dims) == {self.kdim[name], *self.chain[name]}:
                     # prior proposal with nothing to mix over: log P - log Q is exactly 0
-                    out[name] = Named(torch.zeros([self.sizes[d] for d in dims], dtype=self.dtype,
+                    out[name] = Named(torch.zeros([sizes[d] for d in dims], dtype=self.dtype,
                                                   device=self.device), dims)
                     continue
                 lp = self._log_prob(node, values)
@@ -344,28 +371,145 @@ class Program:
             else:
                 lp = self._log_prob(node, values)
             if lp.dims != dims:
-                lp = Named(lp.expand_to(dims, self.sizes), dims)
+                lp = Named(lp.expand_to(dims, sizes), dims)
             out[name] = lp
-        self._checked = True
         return out
+
+    def contract(self, values: dict[str, Named]):
+        """log P_MP of one sample, with a zero source term J_i on every latent's factor.
+
+        Returns (log_p, trace, factors, sources). Split runs compute the plate `split`
+        chunk by chunk under activation checkpointing, so only one chunk's tensors are
+        alive at a time; their trace is recomputed when posterior draws ask for it."""
+        sources = {i: torch.zeros([self.sizes[d] for d in (self.kdim[i], *self.chain[i])], dtype=self.dtype,
+                                  device=self.device, requires_grad=True) for i in self.latents}
+        if self.split is None:
+            factors = self._with_sources(self.factors(values), sources)
+            log_p, trace, _ = self.plan.contract(factors, self.sizes)
+        else:
+            plate, chunk = self.split
+            outer = [n for n in self.nodes if plate not in self.chain[n.name]]
+            factors = self._with_sources(self.factors(values, outer), sources)
+            total = None
+            for i in range(0, self.plate_sizes[plate], chunk):
+                j = min(i + chunk, self.plate_sizes[plate])
+                outs = checkpoint(self._chunk, values, sources, i, j, use_reentrant=False)
+                total = outs if total is None else [a + b for a, b in zip(total, outs)]
+            keys = self._split_outputs()
+            inject = {k: Named(t, self.plan.dims_of[k]) for k, t in zip(keys, total)}
+            log_p, trace, _ = self.plan.contract({**factors, **inject}, self.sizes, self.outer_levels)
+        self._checked = True
+        return log_p, trace, factors, sources
+
+    def _with_sources(self, factors, sources):
+        for i, j in sources.items():
+            if i in factors:
+                f = factors[i]
+                j = self._narrow(Named(j, (self.kdim[i], *self.chain[i])))
+                factors[i] = Named(f.t + j.align(f.dims, 0), f.dims)
+        return factors
+
+    def _chunk(self, values, sources, i, j, trace=False):
+        """The outputs of the levels inside the split plate, for its elements i..j-1."""
+        plate, _ = self.split
+        self._window = (plate, i, j)
+        try:
+            inner = [n for n in self.nodes if plate in self.chain[n.name]]
+            factors = self._with_sources(self.factors(values, inner), sources)
+            _, tr, vals = self.plan.contract(factors, self._sizes(), self.inner_levels)
+        finally:
+            self._window = None
+        outs = [vals[k].t for k in self._split_outputs()]
+        return (outs, tr) if trace else outs
 
     def sample(self, seed: int = 0, reparam: bool = False):
         from .sample import Sample
-        values = self._draw(seed, reparam)
-        return Sample(self, values, self.factors(values))
+        return Sample(self, self._draw(seed, reparam))
 
-    def memory_estimate(self) -> int:
+    # ---- the memory planner -------------------------------------------------------------
+    def _plan_split(self):
+        """None if a run fits the budget; else (plate, chunk) so that it does."""
+        est = self.memory_estimate()
+        if est <= self.memory_budget:
+            return None
+        best = None
+        for plate in sorted(self.plate_sizes, key=lambda p: len(self.model.chain(p))):
+            n = self.plate_sizes[plate]
+            if self.memory_estimate({plate: 1}) > self.memory_budget:
+                continue
+            lo, hi = 1, n
+            while lo < hi:    # the largest chunk that fits
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if self.memory_estimate({plate: mid}) <= self.memory_budget else (lo, mid - 1)
+            if best is None or -(-n // lo) < -(-self.plate_sizes[best[0]] // best[1]):
+                best = (plate, lo)
+        if best is None:
+            groups = self.suggest_groups()
+            hint = "; ".join(f"group {', '.join(g)}" for g in groups) or "group latents of one plate"
+            raise ModelError(
+                f"this run needs about {human_bytes(est)} at K={self.K} but the memory budget is "
+                f"{human_bytes(self.memory_budget)}, and no plate split into chunks brings it under. "
+                f"Remedies: a smaller K; latents that share a K-dim (\"group\": \"NAME\" in the model file: "
+                f"{hint}); or a larger memory budget")
+        plate = best[0]
+        inside = {p for p in self.plate_sizes if plate in self.model.chain(p)}
+        self.inner_levels = [lv for lv in self.plan.levels if lv.plate in inside]
+        self.outer_levels = [lv for lv in self.plan.levels if lv.plate not in inside]
+        return best
+
+    def _split_outputs(self) -> list[str]:
+        plate, _ = self.split
+        return [f"<{plate}:{ci}>" for ci in range(len(next(lv for lv in self.inner_levels
+                                                              if lv.plate == plate).components))]
+
+    def suggest_groups(self) -> list[list[str]]:
+        """Latents of one plate that are all parents of one factor: sharing a K-dim would
+        shrink that factor from K^n to K per plate element."""
+        out = []
+        for node in self.nodes:
+            same = {}
+            for p in self.model.parents(node.name):
+                if p in self.kdim and self.kdim[p] == f"K:{p}":
+                    same.setdefault(self.model.node(p).plate, []).append(p)
+            for plate, names in same.items():
+                if len(names) >= 3 and names not in out:
+                    out.append(names)
+        return out
+
+    def memory_estimate(self, override: dict | None = None) -> int:
         """Peak bytes of one sample and its backward pass, from the plan: the factors, and
         for every step its exponentiated operands and result (kept for autograd), doubled
-        for their gradients."""
+        for their gradients. `override` changes plate sizes (a chunk of a split plate)."""
         elem = torch.finfo(self.dtype).bits // 8
-        size = lambda dims: math.prod(self.sizes[d] for d in dims)
+        sizes = {**self.sizes, **(override or {})}
+        size = lambda dims: math.prod(sizes[d] for d in dims)
         n = sum(size(dims) for dims in self.factor_dims.values())
         for level in self.plan.levels:
             for comp in level.components:
                 for st in comp.steps:
                     n += sum(size(dims) for dims in st.in_dims) + 2 * size(st.out_dims)
         return 2 * n * elem
+
+
+def default_budget(device: torch.device) -> int:
+    """Half the memory free on the device now."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.5 * free)
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(0.5 * int(info["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        return 4 << 30
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def _permute(v: Named, src: str, kd: str, chain: tuple[str, ...], perm: torch.Tensor, rank) -> Named:

@@ -17,18 +17,10 @@ from .named import Named
 
 
 class Sample:
-    def __init__(self, program, values: dict[str, Named], factors: dict[str, Named]):
+    def __init__(self, program, values: dict[str, Named]):
         self.program, self.values = program, values
         self.K = program.K
-        self.sources = {}
-        for i in program.latents:
-            f = factors[i]
-            j = torch.zeros([program.sizes[d] for d in (program.kdim[i], *program.chain[i])],
-                            dtype=program.dtype, device=program.device, requires_grad=True)
-            self.sources[i] = j
-            factors[i] = Named(f.t + Named(j, (program.kdim[i], *program.chain[i])).align(f.dims, 0), f.dims)
-        self.factors = factors
-        self.log_p, self._trace = program.plan.contract(factors, program.sizes)
+        self.log_p, self._trace, self.factors, self.sources = program.contract(values)
         if not torch.isfinite(self.log_p):
             self._report_nonfinite()
         self._weights = None
@@ -69,6 +61,9 @@ class Sample:
     def joint_marginal(self, name: str) -> Named:
         """P(k_i, k_pa(i)) per plate element: the MP index posterior over every K-dim of
         node `name`'s factor (its own and its parents'), as d log P_MP / d factor."""
+        if self.program.split is not None and name not in self.factors:
+            raise ModelError(f"the joint marginal of {name!r} is not kept when a run is split into chunks "
+                             f"to fit the memory budget; raise the budget or lower K")
         if name not in self.factors:
             raise ModelError(f"no node named {name!r}")
         f = self.factors[name]
@@ -76,7 +71,7 @@ class Sample:
             (g,) = torch.autograd.grad(self.log_p, f.t, retain_graph=True)
         else:   # a factor with no source term: contract once more with it as a leaf
             leaf = f.t.detach().requires_grad_()
-            log_p, _ = self.program.plan.contract({**self.factors, name: Named(leaf, f.dims)}, self.program.sizes)
+            log_p, _, _ = self.program.plan.contract({**self.factors, name: Named(leaf, f.dims)}, self.program.sizes)
             (g,) = torch.autograd.grad(log_p, leaf)
         return Named(g.detach(), f.dims)
 
@@ -111,29 +106,25 @@ class Sample:
     def posterior_indices(self, n: int, seed: int = 0) -> dict[str, Named]:
         """n joint draws of every K-index from the MP index posterior."""
         prog = self.program
-        assign: dict[str, Named] = {}
         gen = torch.Generator(device=prog.device).manual_seed(seed)
+        assign: dict[str, Named] = {}
         with torch.no_grad():
-            for level, lvl_trace in zip(reversed(prog.plan.levels), reversed(self._trace)):
-                for comp, steps in zip(level.components, lvl_trace):
-                    for st, ins in reversed(list(zip(comp.steps, steps))):
-                        if not st.removed:
-                            continue
-                        parts = [_take(x, assign, prog.rank) for x in ins]
-                        dims = tuple(sorted(set().union(*[p.dims for p in parts]), key=prog.rank.get))
-                        logits = sum(p.align(dims, 0) for p in parts)
-                        shape = [n if d == "draw" else max(p.t.shape[p.dims.index(d)] if d in p.dims else 1
-                                                           for p in parts) for d in dims]
-                        logits = logits.expand(*shape)
-                        batch = tuple(d for d in dims if d not in st.removed)
-                        order = [dims.index(d) for d in batch] + [dims.index(d) for d in st.removed]
-                        flat = logits.permute(*order).reshape(*[shape[i] for i in order[:len(batch)]], -1)
-                        g = -torch.log(-torch.log(torch.rand(flat.shape, generator=gen, device=flat.device,
-                                                             dtype=flat.dtype).clamp_min(1e-30)))
-                        k = (flat + g).argmax(-1)
-                        for d in reversed(st.removed):
-                            assign[d] = Named(k % prog.sizes[d], batch)
-                            k = k // prog.sizes[d]
+            levels = prog.plan.levels if prog.split is None else prog.outer_levels
+            _backtrace(levels, self._trace, assign, n, gen, prog)
+            if prog.split is not None:   # the split plate, chunk by chunk, its trace recomputed
+                plate, chunk = prog.split
+                parts: dict[str, list[Named]] = {}
+                for i in range(0, prog.plate_sizes[plate], chunk):
+                    j = min(i + chunk, prog.plate_sizes[plate])
+                    _, trace = prog._chunk(self.values, self.sources, i, j, trace=True)
+                    local = dict(assign)
+                    _backtrace(prog.inner_levels, trace, local, n, gen, prog)
+                    for d in set(local) - set(assign):
+                        parts.setdefault(d, []).append(local[d])
+                for d, ps in parts.items():
+                    dims = ps[0].dims
+                    assign[d] = Named(torch.cat([x.expand_to(dims, {**prog.sizes, "draw": n, plate: x.sizes[plate]})
+                                                 for x in ps], dims.index(plate)), dims)
         return assign
 
     def posterior_samples(self, n: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -149,6 +140,29 @@ class Sample:
             dims = ("draw", *prog.chain[i])
             out[i] = v.expand_to(dims, {"draw": n, **prog.sizes}).detach()
         return out
+
+
+def _backtrace(levels, trace, assign, n, gen, prog) -> None:
+    """Walk contraction steps backwards (outer levels first), drawing each step's summed
+    indices given those already drawn; adds them to `assign`."""
+    for level, lvl_trace in zip(reversed(levels), reversed(trace)):
+        for comp, steps in zip(level.components, lvl_trace):
+            for st, ins in reversed(list(zip(comp.steps, steps))):
+                if not st.removed:
+                    continue
+                parts = [_take(x, assign, prog.rank) for x in ins]
+                dims = tuple(sorted(set().union(*[p.dims for p in parts]), key=prog.rank.get))
+                shape = [n if d == "draw" else max(p.t.shape[p.dims.index(d)] if d in p.dims else 1 for p in parts)
+                         for d in dims]
+                logits = sum(p.align(dims, 0) for p in parts).expand(*shape)
+                batch = tuple(d for d in dims if d not in st.removed)
+                order = [dims.index(d) for d in batch] + [dims.index(d) for d in st.removed]
+                flat = logits.permute(*order).reshape(*[shape[i] for i in order[:len(batch)]], -1)
+                u = torch.rand(flat.shape, generator=gen, device=flat.device, dtype=flat.dtype)
+                k = (flat - torch.log(-torch.log(u.clamp_min(1e-30)))).argmax(-1)   # Gumbel-max
+                for d in reversed(st.removed):
+                    assign[d] = Named(k % prog.sizes[d], batch)
+                    k = k // prog.sizes[d]
 
 
 def _take(x: Named, assign: dict[str, Named], rank) -> Named:

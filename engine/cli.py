@@ -10,22 +10,17 @@ import numpy as np
 
 from .errors import ModelError
 from .model import _nulls_to_nan
+from .program import human_bytes
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "models" / "radon.json"
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def info(args) -> int:
     from .model import Model
     from .program import Program
     m = Model.load(args.model)
-    prog = Program(m, args.K, device=args.device, dtype=args.dtype, optimize=args.optimize)
+    prog = Program(m, args.K, device=args.device, dtype=args.dtype, optimize=args.optimize,
+                   memory_budget=args.memory_budget)
     out = print
     out(f"model {m.name!r}: {len(m.latents)} latents, {len(m.observed)} observed")
     out("plates:")
@@ -47,7 +42,14 @@ def info(args) -> int:
             out(f"      step {i + 1}: {st['equation']}  sums out {', '.join(st['sums_out']) or '-'} -> "
                 f"{st['output_elements']:.3g} elements")
     out(f"estimated peak memory at K={args.K} ({args.dtype}, with gradients): "
-        f"{_human_bytes(prog.memory_estimate())}")
+        f"{human_bytes(prog.memory_estimate())}; budget {human_bytes(prog.memory_budget)}")
+    if prog.split is not None:
+        plate, chunk = prog.split
+        out(f"  over budget: plate {plate!r} runs in chunks of {chunk} elements, peak about "
+            f"{human_bytes(prog.memory_estimate({plate: chunk}))}")
+    for group in prog.suggest_groups():
+        out(f"  suggestion: {', '.join(group)} are all parents of one factor; giving them one K-dim "
+            f"(\"group\": \"NAME\" on each) shrinks it from K^{len(group)} to K per plate element")
     return 0
 
 
@@ -59,7 +61,8 @@ def fit(args) -> int:
     if args.test_data:
         test = _load_data(args.test_data)
     iters = args.iters if args.iters is not None else (1 if args.method == "is" else 100)
-    f = Fitter(m, args.method, K=args.K, seed=args.seed, lr=args.lr, device=args.device, dtype=args.dtype)
+    f = Fitter(m, args.method, K=args.K, seed=args.seed, lr=args.lr, device=args.device, dtype=args.dtype,
+               memory_budget=args.memory_budget)
     bar = _Progress(iters, enabled=not args.quiet and sys.stderr.isatty())
     for step in f.run(iters):
         bar.update(step)
@@ -125,6 +128,9 @@ def main(argv=None) -> int:
         p.add_argument("--K", type=int, default=10, help="particles per latent")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
         p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+        p.add_argument("--memory-budget", type=float, default=None,
+                       help="bytes a run may use (default: half the free device memory); above it a plate "
+                            "is split into chunks")
 
     p = sub.add_parser("info", help="plates, latents, the einsum plan and peak memory")
     common(p)

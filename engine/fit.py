@@ -47,7 +47,7 @@ def _iteration_seed(seed: int, t: int) -> int:
 
 class Fitter:
     def __init__(self, model, method: str = "qem", K: int = 10, seed: int = 0, lr: float = 0.03,
-                 device="auto", dtype="float32", ema_power: float = 0.6):
+                 device="auto", dtype="float32", ema_power: float = 0.6, memory_budget=None):
         if method not in METHODS:
             raise ModelError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not isinstance(lr, (int, float)) or not lr > 0:
@@ -57,10 +57,10 @@ class Fitter:
         if method == "vi":
             self._check_continuous()
         mode = "global" if method == "global" else "mp"
-        base = Program(self.model, K, mode=mode, device=device, dtype=dtype)
+        base = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
         proposal = "prior" if method == "is" else base.initial_proposal(seed=seed)
         self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, proposal=proposal,
-                               params=base.params)
+                               params=base.params, memory_budget=memory_budget)
         self.proposal: Proposal = self.program.proposal
         self.params = self.program.params
         self.t = 0
@@ -221,7 +221,7 @@ class Fitter:
         K = K or self.K
         prog = Program(self.model, K, mode="global" if self.method == "global" else "mp",
                        device=self.program.device, dtype=self.program.dtype, proposal=self.proposal,
-                       params=self.params)
+                       params=self.params, memory_budget=self.program.memory_budget)
         s = prog.sample(_iteration_seed(self.seed if seed is None else seed, -1))
         return Result(self.model, s, method=self.method, seed=self.seed, history=self.history,
                       test_data=test_data)

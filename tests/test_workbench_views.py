@@ -115,6 +115,7 @@ def test_einsum_table_matches_the_plan():
             assert int(mine.sum()) == d["optimized_flops"]
     # innermost plate first, and the operands name factors and earlier results
     assert list(summary["plate"]) == ["obs", "groups", "(global)"]
+    assert "K:a(4)" in " ".join(table["indices"])
     assert "Σobs" in " ".join(table["operands"]) and re.search(r"\bt\d", " ".join(table["operands"]))
 
 
@@ -134,7 +135,7 @@ def test_ess_figure_marks_degenerate_latents():
     d = dict(zip(src.data["latent"], src.data["degenerate"]))
     assert d == {"good": False, "bad": True, "fine": False}
     col = dict(zip(src.data["latent"], src.data["colour"]))
-    assert col["bad"] == V.DEGENERATE and col["good"] == V.HEALTHY
+    assert col["bad"] == V.DEGENERATE and col["good"] == V.ess_colour(0.9) != V.DEGENERATE
     assert dict(zip(src.data["latent"], src.data["min"]))["bad"] == 1.0
     assert dict(zip(src.data["latent"], src.data["median"]))["bad"] == 8.0
     assert "degenerate" in dict(zip(src.data["latent"], src.data["label"]))["bad"]
@@ -160,6 +161,9 @@ def test_elbo_figure_overlays_runs():
     assert list(src.data["elbo"]) == [-5, -4, -3.5] and list(src.data["iteration"]) == [1, 2, 3]
     assert [item.label.value for item in fig.legend[0].items] == ["QEM", "RWS"]
     assert V.elbo_figure([]) is not None
+    from bokeh.models import Span
+    ref = V.elbo_figure({"QEM": [-5, -4]}, reference=-3.9)
+    assert [sp.location for sp in ref.select({"type": Span}) if sp.name == "exact"] == [-3.9]
 
 
 # ---- posterior -------------------------------------------------------------------------------
@@ -180,6 +184,7 @@ def test_posterior_view_and_exact_overlay():
     assert [f.title.text for f in figs] == names
     for f in figs:
         assert f.select_one({"name": "hist", "type": GlyphRenderer}) is not None
+        assert f.select_one({"name": "kde", "type": GlyphRenderer}) is not None
         assert f.select_one({"name": "exact", "type": GlyphRenderer}) is not None
     grid = V.posterior_view(r, ["mu"], exact=None, draws=100)
     f = grid.children[0][0] if isinstance(grid.children[0], tuple) else grid.children[0]
@@ -222,7 +227,8 @@ def test_exact_gaussian_hierarchy_matches_a_brute_force_solution():
     for g in range(4):
         assert ex[f"z[{g}]"]["args"]["loc"] == pytest.approx(mean[f"z{g}"], rel=1e-6)
         assert ex[f"z[{g}]"]["args"]["scale"] == pytest.approx(np.sqrt(var[f"z{g}"]), rel=1e-6)
-    assert E.known(nested_model()) == {}
+    assert E.known(nested_model()) == {} and E.log_evidence(nested_model()) is None
+    assert E.log_evidence(m) == pytest.approx(out["log_evidence"], rel=1e-9)
 
 
 # ---- data and form helpers -------------------------------------------------------------------

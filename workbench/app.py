@@ -141,14 +141,24 @@ def available_memory(device: str) -> int | None:
         return None
 
 
+def _in_ipython() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
 class Workbench:
     """The workbench for one model: `Workbench("assets/models/radon.json")` in a notebook
     shows it; `.panel()` is the Panel layout; `serve()` runs it in a browser tab.
 
     exact: the exact posterior of latents, for models with a closed form: a dict
     {name or name[i]: spec} or a callable(model) -> such a dict, where a spec is
-    {"dist": "Normal", "args": {...}}, {"x": [...], "pdf": [...]} or a callable x -> pdf.
-    A model file may carry the same dict in a top-level "exact" field."""
+    {"dist": "Normal", "args": {...}}, {"x": [...], "pdf": [...]} or a callable x -> pdf;
+    an entry "@log_evidence": float draws the exact log P(data) on the ELBO view.
+    A model file may carry the same dict in a top-level "exact" field. By default
+    workbench.exact.known recognises the conjugate Gaussian hierarchy."""
 
     def __init__(self, model=None, exact=None, K: int = 10, iters: int = 50, method: str = "QEM"):
         pn.extension(notifications=False)
@@ -204,7 +214,8 @@ class Workbench:
         self.add_obs_btn.on_click(lambda e: self.node_form.new(self.model, "observed", _suggest(self.model, "x")))
         self.new_btn.on_click(lambda e: self.new_model())
         ex = examples()
-        self.example = W(pn.widgets.Select, options=list(ex), value=next(iter(ex), None), width=170, margin=(4, 3),
+        here = self.path.stem if self.path is not None and self.path.stem in ex else next(iter(ex), None)
+        self.example = W(pn.widgets.Select, options=list(ex), value=here, width=170, margin=(4, 3),
                                          css_classes=["wb-example"])
         self.load_example_btn = W(pn.widgets.Button, label="Load example", **btn)
         self.load_example_btn.on_click(lambda e: self.example.value and self.open(examples()[self.example.value]))
@@ -221,7 +232,8 @@ class Workbench:
         self.upload.param.watch(self._uploaded, "value")
         toolbar = pn.Row(self.undo_btn, self.redo_btn, self.add_latent_btn, self.add_obs_btn, self.new_btn,
                          pn.Spacer(width=10), self.example, self.load_example_btn, pn.Spacer(width=10),
-                         self.path_input, self.open_btn, self.save_btn, self.download, self.upload,
+                         self.path_input, self.open_btn, self.save_btn, self.download,
+                         pn.Row(pn.pane.Markdown("Upload .json:", margin=(10, 3, 0, 10)), self.upload),
                          sizing_mode="stretch_width", styles={"flex-wrap": "wrap"})
 
         self.flow = C.make_flow(self.model, self.pos)
@@ -608,6 +620,14 @@ class Workbench:
             out.update(self.exact_arg)
         return out
 
+    def reference(self) -> float | None:
+        """The exact log evidence, if the model has a closed form (an "@log_evidence" entry
+        of the exact dict, else workbench.exact.log_evidence)."""
+        ex = self.exact()
+        if "@log_evidence" in ex:
+            return float(ex["@log_evidence"])
+        return E.log_evidence(self.model)
+
     def refresh(self):
         m = self.model
         self.title.object = f"**{m.name}** — {len(m.latents)} latent, {len(m.observed)} observed, " \
@@ -692,7 +712,7 @@ class Workbench:
             return False
         label = f"{self.method.value} K={K} #{len(self.runs) + 1}"
         self.runs.append({"label": label, "elbo": [], "iteration": []})
-        self.elbo_pane.object = V.elbo_figure(self.runs)
+        self.elbo_pane.object = V.elbo_figure(self.runs, self.reference())
         self.progress.max, self.progress.value = iters, 0
         self.status.object = f"Starting {label}…"
         self.run_btn.disabled, self.stop_btn.disabled = True, False
@@ -703,10 +723,13 @@ class Workbench:
         self.worker = threading.Thread(target=self._work, args=(model, method, K, iters, lr, seed, device, self.q),
                                        daemon=True, name="kn-fit")
         self.worker.start()
-        if pn.state.curdoc is not None or pn.state._is_pyodide:
+        if pn.state.curdoc is not None:          # a server session, or a notebook comm event
             self.callback = pn.state.add_periodic_callback(self.poll, period=200, start=True)
+        elif _in_ipython():                        # run() called from a notebook cell
+            self.callback = None
+            threading.Thread(target=self._poll_loop, daemon=True, name="kn-poll").start()
         else:
-            self.callback = None     # no event loop (a script or a test): call poll() yourself
+            self.callback = None     # no event loop (a script or a test): call wait() or poll() yourself
         return True
 
     def _work(self, model, method, K, iters, lr, seed, device, q):
@@ -746,6 +769,10 @@ class Workbench:
         finally:
             q.put(("end", None))
 
+    def _poll_loop(self):
+        while not self.poll():
+            time.sleep(0.25)
+
     def stop(self):
         self._stop_requested = True
         if self.fitter is not None:
@@ -754,7 +781,7 @@ class Workbench:
 
     def clear_runs(self):
         self.runs = [r for r in self.runs[-1:] if self.worker is not None and self.worker.is_alive()]
-        self.elbo_pane.object = V.elbo_figure(self.runs)
+        self.elbo_pane.object = V.elbo_figure(self.runs, self.reference())
         self.elbo_note.object = "Runs cleared."
 
     def poll(self):
@@ -800,7 +827,7 @@ class Workbench:
             src.stream({"iteration": its, "elbo": ys})
             self._push(self.elbo_pane)
         else:
-            self.elbo_pane.object = V.elbo_figure(self.runs)
+            self.elbo_pane.object = V.elbo_figure(self.runs, self.reference())
         last = steps[-1]
         self.elbo_note.object = " · ".join(
             f"**{r['label']}**: {len(r['elbo'])} points" + (f", last ELBO {r['elbo'][-1]:.4g}" if r["elbo"] else "")

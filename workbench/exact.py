@@ -16,6 +16,22 @@ def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def log_evidence(model) -> float | None:
+    """log P(data) for the conjugate Gaussian hierarchy (None for other models)."""
+    try:
+        h = _hierarchy(model)
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+    if h is None:
+        return None
+    m0, s0, t, s, x = h
+    g_idx, vals = np.nonzero(np.isfinite(x))[0], x[np.isfinite(x)]
+    cov = s0 ** 2 + t ** 2 * (g_idx[:, None] == g_idx[None, :]) + s ** 2 * np.eye(len(vals))
+    d = vals - m0
+    _, logdet = np.linalg.slogdet(cov)
+    return float(-0.5 * (d @ np.linalg.solve(cov, d) + logdet + len(vals) * np.log(2 * np.pi)))
+
+
 def known(model) -> dict:
     try:
         return gaussian_hierarchy(model)
@@ -23,22 +39,30 @@ def known(model) -> dict:
         return {}
 
 
-def gaussian_hierarchy(model) -> dict:
+def _hierarchy(model):
     nodes = model.nodes
     if len(nodes) != 3 or any(n.dist != "Normal" or n.shape for n in nodes):
-        return {}
+        return None
     top, mid, obs = nodes
     if (top.kind, mid.kind, obs.kind) != ("latent", "latent", "observed") or top.plate is not None:
-        return {}
+        return None
     m0, s0 = _num(top.args.get("loc")), _num(top.args.get("scale"))
     t, s = _num(mid.args.get("scale")), _num(obs.args.get("scale"))
     if None in (m0, s0, t, s) or str(mid.args.get("loc")).strip() != top.name \
             or str(obs.args.get("loc")).strip() != mid.name or mid.plate is None:
-        return {}
+        return None
     if model.chain(obs.plate)[:-1] != model.chain(mid.plate) or obs.plate == mid.plate:
-        return {}
+        return None
     x = np.asarray(model.data[obs.name], float)
-    x = x.reshape(x.shape[0], -1)
+    return m0, s0, t, s, x.reshape(x.shape[0], -1)
+
+
+def gaussian_hierarchy(model) -> dict:
+    h = _hierarchy(model)
+    if h is None:
+        return {}
+    m0, s0, t, s, x = h
+    top, mid, _ = model.nodes
     n = np.sum(np.isfinite(x), axis=1)
     xbar = np.where(n > 0, np.nansum(x, axis=1) / np.maximum(n, 1), 0.0)
     v = t * t + s * s / np.maximum(n, 1)

@@ -51,6 +51,13 @@ def parse_shape(text: str):
         raise ValueError(f"shape {text!r}: write whole numbers, e.g. 3 or 2, 3") from None
 
 
+def _set_options(select, options):
+    """New options, keeping the value if it is still there (else the first option), set
+    together so that the browser shows the value."""
+    value = select.value if select.value in options else (options[0] if options else None)
+    select.param.update(options=options, value=value)
+
+
 class NodeForm:
     """Edit one node: name, kind, distribution, one field per argument of that
     distribution (from its DistSpec), plate, shape, and for observed nodes the data."""
@@ -108,8 +115,8 @@ class NodeForm:
         self.args.objects = list(inputs.values())
 
     def set_choices(self, model):
-        self.plate.options = [NONE] + list(model.plates)
-        self.data.options = sorted(model.data)
+        _set_options(self.plate, [NONE] + list(model.plates))
+        _set_options(self.data, sorted(model.data))
 
     def show(self, model, name: str, note: str | None = None, highlight: str | None = None):
         node = model.node(name)
@@ -206,8 +213,8 @@ class PlateForm:
             members = ", ".join(n.name for n in model.nodes if n.plate == p.name) or "-"
             rows.append(f"| {p.name} | {p.size} | {p.parent or '-'} | {members} |")
         self.table.object = "\n".join(rows) if model.plates else "No plates yet."
-        self.parent.options = [NONE] + list(model.plates)
-        self.which.options = list(model.plates)
+        _set_options(self.parent, [NONE] + list(model.plates))
+        _set_options(self.which, list(model.plates))
         self._sync_size()
 
 
@@ -258,8 +265,8 @@ class DataForm:
 
     def _load_source(self):
         cols = self._columns()
-        self.column.options = list(cols)
-        self.group.options = [NONE] + list(cols)
+        _set_options(self.column, list(cols))
+        _set_options(self.group, [NONE] + list(cols))
         self._column_changed()
 
     def _column_changed(self):

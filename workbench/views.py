@@ -289,7 +289,7 @@ def einsum_table(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
         work = [_pretty(f) for f in d["factors"]]
         if not d["steps"]:
             rows.append({"plate": d["plate"], "step": "-", "operands": " , ".join(work), "equation": d["equation"],
-                         "sums out": "", "flops": d["optimized_flops"], "result elements": d["largest_intermediate"],
+                         "indices": "", "sums out": "", "flops": d["optimized_flops"], "result elements": d["largest_intermediate"],
                          "result bytes": d["largest_intermediate"] * bytes_per_element})
             continue
         for i, st in enumerate(d["steps"]):
@@ -297,17 +297,21 @@ def einsum_table(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
             work = [w for j, w in enumerate(work) if j not in st["operands"]]
             t += 1
             work.append(f"t{t}")
-            flops = None
+            flops, indices = None, ""
             if comp is not None:
                 from opt_einsum.helpers import flop_count
                 s = comp.steps[i]
                 idx = set().union(*map(set, s.in_dims))
                 flops = flop_count(idx, bool(s.removed), len(s.in_dims), prog.sizes)
+                letters = {}
+                for term, dims in zip(st["equation"].split("->")[0].split(","), s.in_dims):
+                    letters.update(zip(term, dims))
+                indices = " ".join(f"{k}={v}({prog.sizes[v]})" for k, v in sorted(letters.items()))
             rows.append({"plate": d["plate"], "step": f"t{t}", "operands": " , ".join(ins),
-                         "equation": st["equation"], "sums out": ", ".join(st["sums_out"]), "flops": flops,
+                         "equation": st["equation"], "indices": indices, "sums out": ", ".join(st["sums_out"]), "flops": flops,
                          "result elements": st["output_elements"],
                          "result bytes": st["output_elements"] * bytes_per_element})
-    return pd.DataFrame(rows, columns=["plate", "step", "operands", "equation", "sums out", "flops",
+    return pd.DataFrame(rows, columns=["plate", "step", "operands", "equation", "indices", "sums out", "flops",
                                        "result elements", "result bytes"])
 
 
@@ -352,7 +356,7 @@ def ess_data(ess: dict, K: int, threshold: float | None = None) -> dict:
         meds.append(float(np.nanmedian(a)) if a.size else float("nan"))
     degenerate = [bool(m < thr) for m in mins]
     return {"latent": names, "min": mins, "median": meds, "degenerate": degenerate,
-            "colour": [DEGENERATE if d else HEALTHY for d in degenerate],
+            "colour": [DEGENERATE if d else ess_colour(m / K) for d, m in zip(degenerate, mins)],
             "label": [f"{m:.3g}" + ("  degenerate" if d else "") for m, d in zip(mins, degenerate)]}
 
 
@@ -390,10 +394,11 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf"]
 
 
-def elbo_figure(runs):
+def elbo_figure(runs, reference: float | None = None):
     """One ELBO curve per run, overlaid. `runs`: {label: [elbo, ...]} or a list of
-    {"label", "elbo"[, "iteration"]}. Each curve's renderer and source are named by its label."""
-    from bokeh.models import ColumnDataSource
+    {"label", "elbo"[, "iteration"]}. Each curve's renderer and source are named by its label.
+    `reference`: the exact log evidence, drawn as a dashed line, where the model has one."""
+    from bokeh.models import ColumnDataSource, Label, Span
     from bokeh.plotting import figure
     if isinstance(runs, dict):
         runs = [{"label": k, "elbo": v} for k, v in runs.items()]
@@ -409,6 +414,12 @@ def elbo_figure(runs):
         fig.line("iteration", "elbo", source=src, color=colour, line_width=2, legend_label=run["label"],
                  name=run["label"])
         fig.scatter("iteration", "elbo", source=src, color=colour, size=3, legend_label=run["label"])
+    if reference is not None and np.isfinite(reference):
+        fig.add_layout(Span(location=float(reference), dimension="width", line_dash="dashed", line_color="black",
+                            line_width=1.5, name="exact"))
+        fig.add_layout(Label(x=0, x_units="screen", y=float(reference), text=f" exact log P(data) = {reference:.4g}",
+                             text_font_size="9pt", y_offset=3))
+        fig.scatter([1], [float(reference)], alpha=0)       # keep the line in the auto range
     if runs:
         fig.legend.location = "bottom_right"
         fig.legend.click_policy = "hide"
@@ -482,6 +493,16 @@ def exact_pdf(spec, x: np.ndarray) -> np.ndarray | None:
     raise ValueError(f"exact posterior {spec!r}: give a callable, {{'dist', 'args'}} or {{'x', 'pdf'}}")
 
 
+def kde(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Gaussian kernel density of x on grid, Silverman's bandwidth."""
+    x = np.asarray(x, float)
+    sd = x.std()
+    iqr = np.subtract(*np.percentile(x, [75, 25]))
+    h = 0.9 * min(sd, iqr / 1.34 if iqr > 0 else sd) * len(x) ** -0.2 or 1e-3
+    z = (grid[:, None] - x[None, :]) / h
+    return np.exp(-0.5 * z * z).sum(1) / (len(x) * h * np.sqrt(2 * np.pi))
+
+
 def posterior_draws(result, draws: int = 1000, seed: int = 0) -> dict:
     s = result.sample
     return {k: v.detach().cpu().numpy() for k, v in s.posterior_samples(draws, seed).items()}
@@ -510,9 +531,14 @@ def posterior_view(result, names: list[str], exact=None, draws: int = 1000, samp
             lo, hi = float(x.min()), float(x.max())
             if hi - lo < 1e-12:
                 lo, hi = lo - 0.5, hi + 0.5
-            hist, edges = np.histogram(x, bins=30, range=(lo, hi), density=True)
+            bins = int(min(30, max(5, len(np.unique(x)))))
+            hist, edges = np.histogram(x, bins=bins, range=(lo, hi), density=True)
             fig.quad(top=hist, bottom=0, left=edges[:-1], right=edges[1:], fill_color=PALETTE[0],
-                     fill_alpha=0.45, line_color="white", legend_label="posterior draws", name="hist")
+                     fill_alpha=0.35, line_color="white", legend_label="posterior draws", name="hist")
+            if len(np.unique(x)) > 1:
+                grid = np.linspace(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo), 200)
+                fig.line(grid, kde(x, grid), color=PALETTE[0], line_width=2, legend_label="draws (KDE)",
+                         name="kde")
             spec = exact(name) if callable(exact) and not isinstance(exact, dict) else \
                 (exact or {}).get(name, (exact or {}).get(base) if not idx else None)
             if spec is not None:

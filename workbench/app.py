@@ -794,7 +794,11 @@ class Workbench:
                 break
             if kind == "step":
                 steps.append(item)
-            elif kind == "status":
+                continue
+            if steps:                  # show the iterations before what came after them
+                self._show_steps(steps)
+                steps = []
+            if kind == "status":
                 self.status.object = item
             elif kind == "warn":
                 self.alert(item, "warning")

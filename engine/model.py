@@ -348,7 +348,7 @@ class Model:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     def copy(self) -> "Model":
-        return Model.from_dict(self.to_dict())
+        return copy.deepcopy(self)
 
     # ---- inference entry points ------------------------------------------------------
     def compile(self, K: int, **options):

@@ -18,7 +18,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource
 

@@ -204,10 +204,31 @@ def fallback_svg(dot: str) -> str:
     g = nx.DiGraph()
     g.add_nodes_from(nodes)
     g.add_edges_from((a, b) for a, b, _ in edges if a in nodes and b in nodes)
-    pos, W, H = {}, 130, 90
+    row = {}
     for r, gen in enumerate(nx.topological_generations(g)):
-        for c, n in enumerate(sorted(gen, key=lambda n: (nodes[n]["cluster"] or "", n))):
-            pos[n] = (100 + c * W, 80 + r * H)
+        for n in gen:
+            row[n] = r
+    for n in nodes:                 # data boxes sit just above their first consumer
+        if nodes[n]["box"] and list(g.successors(n)):
+            row[n] = max(0, min(row[c] for c in g.successors(n)) - 1)
+    order = []                      # clusters depth first, so each one's columns are contiguous
+
+    def walk(c):
+        order.append(c)
+        for k, v in clusters.items():
+            if v["parent"] == c:
+                walk(k)
+    walk(None)
+    pos, W, H, col = {}, 150, 90, 0
+    for c in order:
+        members = [n for n in nodes if nodes[n]["cluster"] == c]
+        by_row: dict = {}
+        for n in sorted(members, key=lambda n: (nodes[n]["box"], n)):
+            by_row.setdefault(row[n], []).append(n)
+        for r, ns in by_row.items():
+            for i, n in enumerate(ns):
+                pos[n] = (100 + (col + i) * W, 80 + r * H)
+        col += max((len(ns) for ns in by_row.values()), default=0)
     width = max(x for x, _ in pos.values()) + 140
     height = max(y for _, y in pos.values()) + 110
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -226,7 +247,7 @@ def fallback_svg(dot: str) -> str:
         mem, below = inner(c)
         if not mem:
             continue
-        pad = 12 * below
+        pad = 18 * below
         xs = [pos[m][0] for m in mem]
         ys = [pos[m][1] for m in mem]
         x0, y0, x1, y1 = min(xs) - 55 - pad, min(ys) - 30 - pad, max(xs) + 55 + pad, max(ys) + 42 + pad

@@ -240,3 +240,18 @@ def test_insert_and_remove_parent_rules():
     assert A.remove_parent(node, "sd") == {"loc": "a + m * 2", "scale": 1.0}
     assert A.remove_parent(node, "a") == {"loc": "m * 2", "scale": "sd"}
     assert A.remove_parent(node, "m") is None         # used in a product: left to the user
+
+
+def test_notebook_cell_displays_the_workbench(nested_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(f"import sys; sys.path.insert(0, {str(root)!r})\n"
+                                  f"from workbench import Workbench\nWorkbench({str(nested_path)!r})")])
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    assert not [o for o in outputs if o.output_type == "error"]
+    data = next(o for o in outputs if o.output_type == "execute_result").data
+    assert "application/vnd.holoviews_exec.v0+json" in data and "text/html" in data

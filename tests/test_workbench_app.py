@@ -100,6 +100,16 @@ def test_refused_edits_leave_the_model_unchanged(wb):
     assert json.dumps(wb.model.to_dict()) == before
 
 
+def test_unexpected_errors_become_messages(wb, monkeypatch):
+    def boom(*a):
+        raise RuntimeError("kaboom")
+    monkeypatch.setattr(wb, "connect", boom)
+    before = wb.model.to_dict()
+    wb.flow._handle_msg({"type": "edge_added", "edge": {"id": "s->y", "source": "s", "target": "y"}})
+    assert "Something went wrong: RuntimeError: kaboom" in alerts(wb, "danger")[-1]
+    assert wb.model.to_dict() == before and ("s", "y") not in {(e["source"], e["target"]) for e in wb.flow.edges}
+
+
 def test_cycles_are_refused():
     m = Model("c")
     m.add_node("p", "latent", "Normal", {"loc": 0, "scale": 1})

@@ -37,7 +37,8 @@ def conjugate_model(G=4, n=3, seed=0) -> Model:
         "plates": [{"name": "g", "size": G}, {"name": "n", "size": n, "in": "g"}],
         "nodes": [{"name": "mu", "kind": "latent", "dist": "Normal", "args": {"loc": 0.5, "scale": 2}},
                   {"name": "z", "kind": "latent", "dist": "Normal", "args": {"loc": "mu", "scale": 0.7}, "plate": "g"},
-                  {"name": "x", "kind": "observed", "dist": "Normal", "args": {"loc": "z", "scale": 1.3}, "plate": "n"}],
+                  {"name": "x", "kind": "observed", "dist": "Normal", "args": {"loc": "z", "scale": 1.3},
+                   "plate": "n"}],
         "data": {"x": [[None if np.isnan(v) else float(v) for v in row] for row in x]}})
 
 

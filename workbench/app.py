@@ -207,28 +207,28 @@ class Workbench:
         self.add_latent_btn = W(pn.widgets.Button, label="+ Latent", **accent)
         self.add_obs_btn = W(pn.widgets.Button, label="+ Observed", **accent)
         self.new_btn = W(pn.widgets.Button, label="New model", **btn)
-        self.undo_btn.on_click(lambda e: self.undo())
-        self.redo_btn.on_click(lambda e: self.redo())
-        self.add_latent_btn.on_click(lambda e: self.node_form.new(self.model, "latent", _suggest(self.model, "z")))
-        self.add_obs_btn.on_click(lambda e: self.node_form.new(self.model, "observed", _suggest(self.model, "x")))
-        self.new_btn.on_click(lambda e: self.new_model())
+        self.undo_btn.on_click(self._guard(lambda e: self.undo()))
+        self.redo_btn.on_click(self._guard(lambda e: self.redo()))
+        self.add_latent_btn.on_click(self._guard(lambda e: self.new_node("latent")))
+        self.add_obs_btn.on_click(self._guard(lambda e: self.new_node("observed")))
+        self.new_btn.on_click(self._guard(lambda e: self.new_model()))
         ex = examples()
         here = self.path.stem if self.path is not None and self.path.stem in ex else next(iter(ex), None)
         self.example = W(pn.widgets.Select, options=list(ex), value=here, width=170, margin=(4, 3),
                                          css_classes=["wb-example"])
         self.load_example_btn = W(pn.widgets.Button, label="Load example", **btn)
-        self.load_example_btn.on_click(lambda e: self.example.value and self.open(examples()[self.example.value]))
+        self.load_example_btn.on_click(self._guard(lambda e: self.load_example()))
         self.path_input = W(pn.widgets.TextInput, value=str(self.path or "model.json"), width=260, margin=(4, 3),
                                                css_classes=["wb-path"],
                                                placeholder="path/to/model.json")
         self.open_btn = W(pn.widgets.Button, label="Open", width=70, margin=(4, 3))
         self.save_btn = W(pn.widgets.Button, label="Save", button_type="success", width=70, margin=(4, 3))
-        self.open_btn.on_click(lambda e: self.open(self.path_input.value))
-        self.save_btn.on_click(lambda e: self.save(self.path_input.value))
+        self.open_btn.on_click(self._guard(lambda e: self.open(self.path_input.value)))
+        self.save_btn.on_click(self._guard(lambda e: self.save(self.path_input.value)))
         self.download = W(pn.widgets.FileDownload, callback=self._download, filename="model.json", label="Download",
                                                 button_type="light", width=100, margin=(4, 3))
         self.upload = W(pn.widgets.FileInput, accept=".json", width=200, margin=(4, 3))
-        self.upload.param.watch(self._uploaded, "value")
+        self.upload.param.watch(self._guard(self._uploaded), "value")
         toolbar = pn.Row(self.undo_btn, self.redo_btn, self.add_latent_btn, self.add_obs_btn, self.new_btn,
                          pn.Spacer(width=10), self.example, self.load_example_btn, pn.Spacer(width=10),
                          self.path_input, self.open_btn, self.save_btn, self.download,
@@ -236,20 +236,22 @@ class Workbench:
                          sizing_mode="stretch_width", styles={"flex-wrap": "wrap"})
 
         self.flow = C.make_flow(self.model, self.pos)
-        self.flow.on("edge_added", self._on_edge_added)
-        self.flow.on("edge_deleted", self._on_edge_deleted)
-        self.flow.on("node_deleted", self._on_node_deleted)
-        self.flow.on("node_moved", self._on_node_moved)
-        self.flow.on("selection_changed", self._on_selection)
+        self.flow.on("edge_added", self._guard(self._on_edge_added))
+        self.flow.on("edge_deleted", self._guard(self._on_edge_deleted))
+        self.flow.on("node_deleted", self._guard(self._on_node_deleted))
+        self.flow.on("node_moved", self._guard(self._on_node_moved))
+        self.flow.on("selection_changed", self._guard(self._on_selection))
         hint = pn.pane.Markdown(
             "Drag from a node's right handle to another node's left handle to make it a parent: the "
-            "parent's name goes into the child's arguments (the child's form opens). Drag a node into a plate's box to put it "
+            "parent's name goes into the child's arguments (the child's form opens). Drag a node into a "
+            "plate's box to put it "
             "in that plate. Select and press Delete to remove.",
             styles={"color": "#555", "font-size": "0.85em"}, margin=(0, 10))
 
-        self.node_form = NodeForm(self._apply_node, self.delete_node)
-        self.plate_form = PlateForm(self.add_plate, self.resize_plate, self.remove_plate)
-        self.data_form = DataForm(D.bundled(), D.read_upload, self.attach_data, D.group_pad, D.describe)
+        g = self._guard
+        self.node_form = NodeForm(g(self._apply_node), g(self.delete_node))
+        self.plate_form = PlateForm(g(self.add_plate), g(self.resize_plate), g(self.remove_plate))
+        self.data_form = DataForm(D.bundled(), D.read_upload, g(self.attach_data), D.group_pad, D.describe)
         self.editor_tabs = pn.Tabs(("Node", self.node_form.view), ("Plates", self.plate_form.view),
                                    ("Data", self.data_form.view), dynamic=False, width=400,
                                    styles={"border-left": "1px solid #ddd"})
@@ -266,9 +268,9 @@ class Workbench:
         self.stop_btn = W(pn.widgets.Button, label="■ Stop", button_type="danger", width=80, margin=(22, 5, 5, 5),
                                           disabled=True)
         self.clear_btn = W(pn.widgets.Button, label="Clear runs", width=90, margin=(22, 5, 5, 5))
-        self.run_btn.on_click(lambda e: self.run())
-        self.stop_btn.on_click(lambda e: self.stop())
-        self.clear_btn.on_click(lambda e: self.clear_runs())
+        self.run_btn.on_click(self._guard(lambda e: self.run()))
+        self.stop_btn.on_click(self._guard(lambda e: self.stop()))
+        self.clear_btn.on_click(self._guard(lambda e: self.clear_runs()))
         self.progress = pn.indicators.Progress(value=0, max=iters, bar_color="primary", width=220,
                                                margin=(30, 10, 5, 10))
         self.status = pn.pane.Markdown("Ready.", margin=(22, 5, 5, 5), css_classes=["run-status"])
@@ -328,13 +330,28 @@ class Workbench:
         return self.layout.servable(title=title)
 
     # ---- messages ----------------------------------------------------------------------
+    def _guard(self, fn):
+        """fn, but an unexpected exception becomes a message in the app (and a traceback in
+        the log) instead of a silent failure; the model is left as it was."""
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # the UI must survive any bug
+                traceback.print_exc()
+                self.alert(f"Something went wrong: {type(e).__name__}: {e}. The model is unchanged.")
+                try:
+                    self.refresh_canvas()
+                except Exception:
+                    pass
+        return run
+
     def alert(self, message: str, kind: str = "danger"):
         """Show one message above the canvas (the newest replaces older ones of the same kind)."""
         pane = pn.pane.Alert(message, alert_type=kind, sizing_mode="stretch_width", margin=(2, 10),
                              css_classes=[f"wb-alert-{kind}"])
         close = W(pn.widgets.Button, label="✕", width=30, margin=(8, 4), button_type="light")
         row = pn.Row(pane, close, sizing_mode="stretch_width")
-        close.on_click(lambda e: self.alerts.remove(row) if row in self.alerts else None)
+        close.on_click(self._guard(lambda e: self.alerts.remove(row) if row in self.alerts else None))
         keep = [r for r in self.alerts if getattr(r, "_wb_kind", None) != kind][-2:]
         row._wb_kind = kind
         self.alerts.objects = keep + [row]
@@ -427,6 +444,15 @@ class Workbench:
                 self.refresh_canvas()
             self.node_form.show(self.model, name)
             self.alert(f"{what}: done.", "success")
+
+    def new_node(self, kind: str):
+        """Open the node form for a new latent or observed node."""
+        self.node_form.new(self.model, kind, _suggest(self.model, "z" if kind == "latent" else "x"))
+        self.editor_tabs.active = 0
+
+    def load_example(self):
+        if self.example.value:
+            self.open(examples()[self.example.value])
 
     def delete_node(self, name):
         if self.edit(lambda m: m.remove_node(name), f"Deleting node {name!r}"):
@@ -842,10 +868,11 @@ class Workbench:
         self._update_ess(last.ess, self.run_K)
 
     def _update_ess(self, ess, K):
-        self.ess_note.object = f"ESS after iteration {self.runs[-1]['iteration'][-1] if self.runs and self.runs[-1]['iteration'] else '-'} " \
-                               f"of {self.runs[-1]['label'] if self.runs else ''}: bars are the median over plate " \
-                               f"elements, dots the minimum; red latents are degenerate (min ESS below the " \
-                               f"dashed threshold)."
+        run = self.runs[-1] if self.runs else {"label": "", "iteration": []}
+        it = run["iteration"][-1] if run["iteration"] else "-"
+        self.ess_note.object = (f"ESS after iteration {it} of {run['label']}: bars are the median over plate "
+                                f"elements, dots the minimum; red latents are degenerate (min ESS below the "
+                                f"dashed threshold).")
         d = V.ess_data(ess, K)
         self.ess_table.object = "| latent | min ESS | median ESS | |\n|---|---|---|---|\n" + "\n".join(
             f"| {n} | {a:.3g} | {b:.3g} | {'**degenerate**' if g else 'ok'} |"

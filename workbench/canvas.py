@@ -175,7 +175,8 @@ def canvas_nodes(model, pos: dict, ess: dict | None = None, K: int | None = None
 
 
 def canvas_edges(model) -> list[dict]:
-    return [{"id": f"{a}->{b}", "source": a, "target": b, "markerEnd": {"type": "arrowclosed", "width": 18, "height": 18, "color": "#555"},
+    arrow = {"type": "arrowclosed", "width": 18, "height": 18, "color": "#555"}
+    return [{"id": f"{a}->{b}", "source": a, "target": b, "markerEnd": arrow,
              "style": {"strokeWidth": 1.6}} for a, b in model.graph.edges]
 
 

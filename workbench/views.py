@@ -310,7 +310,8 @@ def einsum_table(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
         work = [_pretty(f) for f in d["factors"]]
         if not d["steps"]:
             rows.append({"plate": d["plate"], "step": "-", "operands": " , ".join(work), "equation": d["equation"],
-                         "indices": "", "sums out": "", "flops": d["optimized_flops"], "result elements": d["largest_intermediate"],
+                         "indices": "", "sums out": "", "flops": d["optimized_flops"],
+                         "result elements": d["largest_intermediate"],
                          "result bytes": d["largest_intermediate"] * bytes_per_element})
             continue
         for i, st in enumerate(d["steps"]):
@@ -329,7 +330,8 @@ def einsum_table(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
                     letters.update(zip(term, dims))
                 indices = " ".join(f"{k}={v}({prog.sizes[v]})" for k, v in sorted(letters.items()))
             rows.append({"plate": d["plate"], "step": f"t{t}", "operands": " , ".join(ins),
-                         "equation": st["equation"], "indices": indices, "sums out": ", ".join(st["sums_out"]), "flops": flops,
+                         "equation": st["equation"], "indices": indices, "sums out": ", ".join(st["sums_out"]),
+                         "flops": flops,
                          "result elements": st["output_elements"],
                          "result bytes": st["output_elements"] * bytes_per_element})
     return pd.DataFrame(rows, columns=["plate", "step", "operands", "equation", "indices", "sums out", "flops",

@@ -3,15 +3,29 @@
 radon: Gelman & Hill's Minnesota radon survey (919 houses, 85 counties), read from the
 copy that ships inside the arviz wheel (arviz/data/example_data/code/radon/radon.json);
 houses are padded to the largest county with null, which the engine masks out.
-hierarchical_gaussian: synthetic data with a closed-form posterior.
+hierarchical_gaussian: synthetic data with a closed-form posterior
+  (engine.datasets.exact_posterior gives it).
+eight_schools_centered / eight_schools_noncentered: Rubin (1981), BDA section 5.5; the 8
+  estimates and standard errors are in the files (assets/data/eight_schools.csv).
+seeds: Crowder (1978), the BUGS "Seeds" logistic random-effects model (assets/data/seeds.csv).
+occupancy: a discrete latent (is site i occupied?), synthetic detection histories drawn
+  here with a fixed seed.
+Reference posteriors for these models are in assets/reference/ (make_reference.py).
 """
+import csv
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent / "models"
+ASSETS = Path(__file__).resolve().parent
+OUT = ASSETS / "models"
+
+
+def _csv(name):
+    with open(ASSETS / "data" / name) as f:
+        return list(csv.DictReader(f))
 
 
 def radon():
@@ -64,8 +78,85 @@ def hierarchical_gaussian(G=10, N=5, seed=0):
             "data": {"x": np.round(x, 4).tolist()}}
 
 
+def eight_schools(centered: bool):
+    rows = _csv("eight_schools.csv")
+    y = [float(r["y"]) for r in rows]
+    sigma = [float(r["sigma"]) for r in rows]
+    top = [{"name": "mu", "kind": "latent", "dist": "Normal", "args": {"loc": 0, "scale": 5}},
+           {"name": "tau", "kind": "latent", "dist": "HalfCauchy", "args": {"scale": 5}}]
+    if centered:
+        name, nodes = "eight_schools_centered", top + [
+            {"name": "theta", "kind": "latent", "dist": "Normal", "args": {"loc": "mu", "scale": "tau"},
+             "plate": "schools"},
+            {"name": "y", "kind": "observed", "dist": "Normal", "args": {"loc": "theta", "scale": "sigma"},
+             "plate": "schools"}]
+        how = "theta_j ~ N(mu, tau)"
+    else:
+        name, nodes = "eight_schools_noncentered", top + [
+            {"name": "eta", "kind": "latent", "dist": "Normal", "args": {"loc": 0, "scale": 1}, "plate": "schools"},
+            {"name": "y", "kind": "observed", "dist": "Normal", "args": {"loc": "mu + tau * eta", "scale": "sigma"},
+             "plate": "schools"}]
+        how = "theta_j = mu + tau * eta_j, eta_j ~ N(0, 1)"
+    return {"format": "kn-model/1", "name": name,
+            "description": f"Eight schools (Rubin 1981; Gelman et al., BDA 5.5): coaching effects y_j with known "
+                           f"standard errors sigma_j in 8 schools ({', '.join(r['school'] for r in rows)}). "
+                           f"mu ~ N(0, 5), tau ~ HalfCauchy(5), {how}, y_j ~ N(theta_j, sigma_j).",
+            "plates": [{"name": "schools", "size": len(y)}],
+            "nodes": nodes,
+            "data": {"y": y, "sigma": sigma}}
+
+
+def seeds():
+    rows = _csv("seeds.csv")
+    col = lambda k: [int(r[k]) for r in rows]
+    X = [[1, int(r["x1"]), int(r["x2"]), int(r["x1"]) * int(r["x2"])] for r in rows]
+    return {"format": "kn-model/1", "name": "seeds",
+            "description": "Seeds (Crowder 1978; BUGS Vol. I): r_i of n_i Orobanche seeds germinated in each of "
+                           "21 dishes; x1 seed type (1 = O. aegyptiaca 73), x2 root extract (1 = cucumber). "
+                           "Logistic regression with an interaction, logit p_i = X_i @ alpha + b_i where the rows "
+                           "of X are (1, x1, x2, x1*x2), and dish random effects b_i ~ N(0, sigma); "
+                           "alpha ~ N(0, 2.5), the weakly informative prior of Gelman et al. (2008) for logistic "
+                           "coefficients (BUGS's alpha0, alpha1, alpha2, alpha12; proposed jointly by a "
+                           "full-covariance Normal), sigma ~ HalfNormal(1).",
+            "plates": [{"name": "dishes", "size": len(rows)}],
+            "nodes": [
+                {"name": "alpha", "kind": "latent", "dist": "Normal", "args": {"loc": 0, "scale": 2.5}, "shape": [4]},
+                {"name": "sigma", "kind": "latent", "dist": "HalfNormal", "args": {"scale": 1}},
+                {"name": "b", "kind": "latent", "dist": "Normal", "args": {"loc": 0, "scale": "sigma"},
+                 "plate": "dishes"},
+                {"name": "r", "kind": "observed", "dist": "Binomial",
+                 "args": {"total_count": "n", "logits": "X @ alpha + b"}, "plate": "dishes"}],
+            "data": {"r": col("r"), "n": col("n"), "x1": col("x1"), "x2": col("x2"), "X": X},
+            "data_plates": {"X": ["dishes"]},
+            "proposal": {"alpha": {"dist": "MultivariateNormal"}}}
+
+
+def occupancy(M=40, J=4, psi=0.6, p=0.4, seed=1):
+    rng = np.random.default_rng(seed)
+    z = rng.random(M) < psi
+    y = (rng.random((M, J)) < p) & z[:, None]
+    return {"format": "kn-model/1", "name": "occupancy",
+            "description": f"Site occupancy with imperfect detection (MacKenzie et al. 2002), a discrete latent: "
+                           f"site i is occupied (z_i = 1) with probability psi and an occupied site is detected "
+                           f"on each of {J} visits with probability p. Synthetic data: {M} sites drawn with "
+                           f"psi = {psi}, p = {p}, seed {seed} (assets/make_models.py).",
+            "plates": [{"name": "sites", "size": M}, {"name": "visits", "size": J, "in": "sites"}],
+            "nodes": [
+                {"name": "psi", "kind": "latent", "dist": "Beta", "args": {"concentration1": 1, "concentration0": 1}},
+                {"name": "p", "kind": "latent", "dist": "Beta", "args": {"concentration1": 1, "concentration0": 1}},
+                {"name": "z", "kind": "latent", "dist": "Bernoulli", "args": {"probs": "psi"}, "plate": "sites"},
+                {"name": "y", "kind": "observed", "dist": "Bernoulli", "args": {"probs": "z * p"},
+                 "plate": "visits"}],
+            "data": {"y": y.astype(int).tolist()}}
+
+
+MODELS = [radon, hierarchical_gaussian, lambda: eight_schools(True), lambda: eight_schools(False), seeds, occupancy]
+COMPACT = {"radon"}   # one line; the others are indented for reading
+
 if __name__ == "__main__":
     OUT.mkdir(exist_ok=True)
-    for doc in (radon(), hierarchical_gaussian()):
-        (OUT / f"{doc['name']}.json").write_text(json.dumps(doc, indent=1 if doc["name"] != "radon" else None) + "\n")
+    for make in MODELS:
+        doc = make()
+        (OUT / f"{doc['name']}.json").write_text(
+            json.dumps(doc, indent=None if doc["name"] in COMPACT else 1) + "\n")
         print("wrote", OUT / f"{doc['name']}.json")

@@ -271,13 +271,13 @@ class Workbench:
         self.run_btn.on_click(self._guard(lambda e: self.run()))
         self.stop_btn.on_click(self._guard(lambda e: self.stop()))
         self.clear_btn.on_click(self._guard(lambda e: self.clear_runs()))
-        self.progress = pn.indicators.Progress(value=0, max=iters, bar_color="primary", width=220,
-                                               margin=(30, 10, 5, 10))
-        self.status = pn.pane.Markdown("Ready.", margin=(22, 5, 5, 5), css_classes=["run-status"])
+        self.progress = pn.indicators.Progress(value=0, max=iters, bar_color="primary", width=360,
+                                               margin=(14, 10, 2, 10))
+        self.status = pn.pane.Markdown("Ready.", margin=(0, 10), css_classes=["run-status"])
         self.K.param.watch(lambda e: self.update_einsum(), "value")
         self.method.param.watch(lambda e: self.update_einsum(), "value")
         controls = pn.Row(self.method, self.K, self.iters, self.lr, self.seed, self.device, self.run_btn,
-                          self.stop_btn, self.clear_btn, self.progress, self.status,
+                          self.stop_btn, self.clear_btn, pn.Column(self.progress, self.status, width=380, margin=0),
                           sizing_mode="stretch_width", styles={"flex-wrap": "wrap", "background": "#f6f8fa",
                                                                "border-radius": "6px"})
 

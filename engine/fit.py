@@ -85,18 +85,20 @@ class Fitter:
 
     # ---- the loop ----------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask a running loop to end after its current iteration (safe from any thread)."""
+        """Ask the (current or next) loop to end after its current iteration (safe from any thread)."""
         self._stop.set()
 
     def run(self, iters: int):
         """Generator: one `Step` per iteration, until `iters` more are done or stop()."""
         if not isinstance(iters, int) or iters < 0:
             raise ModelError(f"iters must be a non-negative integer, got {iters!r}")
-        self._stop.clear()
-        for _ in range(iters):
-            if self._stop.is_set():
-                break
-            yield self.step()
+        try:
+            for _ in range(iters):
+                if self._stop.is_set():
+                    break
+                yield self.step()
+        finally:
+            self._stop.clear()   # a stop() asked for before the run began still counts
 
     def step(self) -> Step:
         start = time.perf_counter()

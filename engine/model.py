@@ -22,6 +22,7 @@ from .expr import Expr
 
 FORMAT = "kn-model/1"
 KINDS = ("latent", "observed")
+EXTRAS = ("layout", "exact")   # free-form fields for tools: canvas positions, a known posterior
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Model:
         self.data_plates: dict[str, list[str]] = {}   # optional explicit plates of covariates
         self.proposal: dict[str, dict] = {}            # latent -> {"dist": family}
         self.description = ""
+        self.extras: dict = {}   # optional fields the engine keeps but does not read: layout, exact
 
     # ---- editing -------------------------------------------------------------------
     def add_plate(self, name: str, size: int, parent: str | None = None) -> "Model":
@@ -82,6 +84,24 @@ class Model:
         if parent is not None and parent not in self.plates:
             raise ModelError(f"plate {name!r}: the enclosing plate {parent!r} does not exist")
         self.plates[name] = Plate(name, int(size), parent)
+        return self
+
+    def resize_plate(self, name: str, size: int) -> "Model":
+        if name not in self.plates:
+            raise ModelError(f"no plate named {name!r}")
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+            raise ModelError(f"plate {name!r}: size must be a positive integer, got {size!r}")
+        self.plates[name] = Plate(name, int(size), self.plates[name].parent)
+        return self
+
+    def remove_plate(self, name: str) -> "Model":
+        if name not in self.plates:
+            raise ModelError(f"no plate named {name!r}")
+        users = [n.name for n in self.nodes if n.plate == name] + \
+                [p.name for p in self.plates.values() if p.parent == name]
+        if users:
+            raise ModelError(f"plate {name!r} still holds {', '.join(users)}; move or remove them first")
+        del self.plates[name]
         return self
 
     def add_node(self, name: str, kind: str, dist: str, args: dict | None = None, plate: str | None = None,
@@ -263,6 +283,7 @@ class Model:
             doc["data_plates"] = dict(self.data_plates)
         if self.proposal:
             doc["proposal"] = copy.deepcopy(self.proposal)
+        doc.update(copy.deepcopy(self.extras))
         return doc
 
     @classmethod
@@ -271,7 +292,8 @@ class Model:
             raise ModelError("a model document must be a JSON object")
         if doc.get("format") != FORMAT:
             raise ModelError(f"field 'format' must be {FORMAT!r}, got {doc.get('format')!r}")
-        known = {"format", "name", "description", "plates", "nodes", "data", "data_file", "data_plates", "proposal"}
+        known = {"format", "name", "description", "plates", "nodes", "data", "data_file", "data_plates", "proposal",
+                 *EXTRAS}
         for k in doc:
             if k not in known:
                 raise ModelError(f"unknown field {k!r} (fields: {', '.join(sorted(known))})")
@@ -330,7 +352,9 @@ class Model:
                 cyc = [e[0] for e in nx.find_cycle(g)]
                 raise ModelError(f"node {cyc[0]!r}: the model has a cycle {' -> '.join(cyc + [cyc[0]])}")
         m.proposal = {k: dict(v) for k, v in (doc.get("proposal") or {}).items()}
-        m.validate()
+        m.extras = {k: copy.deepcopy(doc[k]) for k in EXTRAS if k in doc}
+        if m.graph.nodes:
+            m.validate()
         return m
 
     @classmethod

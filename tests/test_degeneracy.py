@@ -120,6 +120,16 @@ def test_particle_density_numbers():
         dg.particle_density(s, "z")
 
 
+def test_particle_density_with_a_gridded_exact_posterior():
+    m = datasets.load("eight_schools_noncentered")
+    spec = m.extras["exact"]["tau"]
+    d = dg.particle_density(m.sample(K=50, seed=0), "tau", exact=spec)
+    assert np.allclose(d["exact"], np.interp(d["grid"], spec["x"], spec["pdf"], left=0, right=0))
+    assert d["grid"].max() >= 15                                   # the grid spans the posterior's bulk
+    assert d["exact_mean"] == pytest.approx(datasets.reference(m.name)["latents"]["tau"]["mean"], abs=0.2)
+    assert dg.ess_vs_K(m, Ks=(20,), seeds=[0])["reference_kind"] == "exact"
+
+
 def test_global_log_weights_by_hand():
     m = small(2, 3)
     g = m.sample_global(K=50, seed=0)

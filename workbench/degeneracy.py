@@ -156,11 +156,14 @@ def _pdf_from_spec(spec, x: np.ndarray) -> np.ndarray | None:
         return None
     if callable(spec):
         return np.asarray(spec(x), dtype=float)
+    if isinstance(spec, dict) and "pdf" in spec:
+        return np.interp(x, np.asarray(spec["x"], float), np.asarray(spec["pdf"], float), left=0, right=0)
     if isinstance(spec, dict) and "dist" in spec:
         d = DISTRIBUTIONS[spec["dist"]].cls(**{k: torch.as_tensor(v, dtype=torch.float64)
                                               for k, v in spec.get("args", {}).items()}, validate_args=False)
         return _masked_pdf(d, torch.as_tensor(x, dtype=torch.float64))
-    raise ModelError(f"exact posterior {spec!r}: give a callable x -> pdf or {{'dist': ..., 'args': {{...}}}}")
+    raise ModelError(f"exact posterior {spec!r}: give a callable x -> pdf, {{'dist': ..., 'args': {{...}}}} "
+                     f"or {{'x': [...], 'pdf': [...]}}")
 
 
 def _masked_pdf(d, x: torch.Tensor) -> np.ndarray:
@@ -213,10 +216,12 @@ def proposal_log_density(sample, name: str, x: np.ndarray, element: tuple = ()) 
         return _np(lp)
 
 
-def particle_density(sample, name: str, element: tuple | int = (), exact=None, n_grid: int = 300) -> dict:
+def particle_density(sample, name: str, element: tuple | int = (), exact=None, n_grid: int = 400) -> dict:
     """For a scalar latent at one plate element: its K particles and their marginal weights,
-    and on a grid the proposal density and, if `exact` is given (a callable x -> pdf or
-    {"dist": ..., "args": {...}}), the exact posterior density. Also the weighted and the
+    and on a grid (spanning the exact posterior's bulk and the particles with at least 1/1000
+    of the top weight; "outside" counts the particles beyond it) the proposal density and, if `exact` is given (a callable x -> pdf,
+    {"dist": ..., "args": {...}} or {"x": [...], "pdf": [...]}, as in a model file's "exact"
+    field), the exact posterior density. Also the weighted and the
     exact mean where both are known."""
     _check_latent(sample, name)
     prog = sample.program
@@ -228,13 +233,18 @@ def particle_density(sample, name: str, element: tuple | int = (), exact=None, n
         raise ModelError(f"{name!r} lives in plates {prog.chain[name] or '(none)'}; give {len(prog.chain[name])} index(es)")
     x = v[(slice(None), *element)]
     w = _np(sample.marginal_weights(name))[(slice(None), *element)]
-    lo, hi = float(x.min()), float(x.max())
+    heavy = x[w >= 1e-3 * w.max()]          # the view spans the particles that carry weight
+    lo, hi = float(heavy.min()), float(heavy.max())
     if isinstance(exact, dict) and exact.get("dist") == "Normal":
         loc, sc = float(exact["args"]["loc"]), float(exact["args"]["scale"])
         lo, hi = min(lo, loc - 4 * sc), max(hi, loc + 4 * sc)
+    elif isinstance(exact, dict) and "pdf" in exact:
+        gx, gp = np.asarray(exact["x"], float), np.asarray(exact["pdf"], float)
+        mass = gx[gp > 1e-3 * gp.max()]
+        lo, hi = min(lo, float(mass.min())), max(hi, float(mass.max()))
     span = max(hi - lo, 1e-6)
     grid = np.linspace(lo - 0.15 * span, hi + 0.15 * span, n_grid)
-    out = {"x": x, "w": w, "grid": grid, "proposal": np.exp(proposal_log_density(sample, name, grid, element)),
+    out = {"x": x, "w": w, "grid": grid, "outside": int(((x < grid[0]) | (x > grid[-1])).sum()), "proposal": np.exp(proposal_log_density(sample, name, grid, element)),
            "exact": _pdf_from_spec(exact, grid), "weighted_mean": float((w * x).sum()), "ess": float(1 / (w * w).sum())}
     if out["exact"] is not None and np.trapezoid(out["exact"], grid) > 0:
         out["exact_mean"] = float(np.trapezoid(out["exact"] * grid, grid) / np.trapezoid(out["exact"], grid))
@@ -249,7 +259,9 @@ def particles_figure(sample, name: str, element: tuple | int = (), exact=None):
     d = particle_density(sample, name, element, exact)
     label = f"{name}[{','.join(map(str, element))}]" if element not in ((), None) and not isinstance(element, int) \
         else (f"{name}[{element}]" if isinstance(element, int) else name)
-    fig = figure(title=f"{label}: K={len(d['x'])} particles, ESS {d['ess']:.1f}", height=280, width=560,
+    more = f"; {d['outside']} far out of view" if d["outside"] else ""
+    fig = figure(title=f"{label}: K={len(d['x'])} particles, ESS {d['ess']:.1f}{more}", height=280, width=560,
+                 x_range=(float(d["grid"][0]), float(d["grid"][-1])),
                  x_axis_label=label, y_axis_label="density", tools="pan,wheel_zoom,reset,save,hover",
                  tooltips=[("x", "@x{0.000}"), ("weight", "@w{0.000}")])
     top = float(np.nanmax([d["proposal"].max(), *([d["exact"].max()] if d["exact"] is not None else [])]) or 1.0)
@@ -310,6 +322,9 @@ def _reference_log_evidence(model) -> tuple[float | None, str]:
         return datasets.exact_posterior(model)["log_evidence"], "exact"
     except ModelError:
         pass
+    exact = getattr(model, "extras", {}).get("exact") or {}
+    if "@log_evidence" in exact:
+        return float(exact["@log_evidence"]), "exact"
     ref = datasets.reference(model.name)
     if ref is not None and "log_evidence" in ref:
         return float(ref["log_evidence"]), "reference"

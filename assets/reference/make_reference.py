@@ -8,6 +8,8 @@ Computed once, by methods trusted independently of the engine:
       The log evidence comes with it.
   occupancy: quadrature. z integrates out per site; (psi, p) on a 2000 x 2000 midpoint grid
       of the unit square (uniform priors). P(z_i = 1 | y) and the log evidence come with it.
+  For the quadrature models, "density" holds marginal posterior densities on plotting grids
+  ({"x", "pdf"}), which assets/make_models.py copies into the models' "exact" field.
   radon, seeds: NUTS (numpyro), 4 chains x 25,000 draws after 2,000 warm-up, non-centred;
       `mcse` is the Monte Carlo standard error of each mean (sd / sqrt(ESS), ArviZ-style ESS
       from numpyro's diagnostics).
@@ -73,12 +75,24 @@ def eight_schools(n_mu=4001, n_u=4000):
     Eeta = (w[..., None] * em).sum((0, 1))
     sd_eta = np.sqrt((w[..., None] * (em ** 2 + ev)).sum((0, 1)) - Eeta ** 2)
     common = {"mu": (m_mu, s_mu), "tau": (m_tau, s_tau)}
+    # marginal densities on plotting grids, from a second (mu, tau) grid uniform in tau
+    mu_x, tau_x = np.linspace(-15, 25, 161), np.linspace(0, 20, 161)
+    Mx, Tx = np.meshgrid(np.linspace(-40, 50, 1201), np.linspace(1e-6, 200, 4001), indexing="ij")
+    vx = s ** 2 + Tx[..., None] ** 2
+    lj = (-0.5 * Mx ** 2 / 25 - np.log1p((Tx / 5) ** 2)
+          - 0.5 * (((y - Mx[..., None]) ** 2) / vx + np.log(vx)).sum(-1))
+    px = np.exp(lj - lj.max())
+    px /= px.sum() * (Mx[1, 0] - Mx[0, 0]) * (Tx[0, 1] - Tx[0, 0])
+    pdf_mu = np.interp(mu_x, Mx[:, 0], px.sum(1) * (Tx[0, 1] - Tx[0, 0]))
+    pdf_tau = np.interp(tau_x, Tx[0], px.sum(0) * (Mx[1, 0] - Mx[0, 0]))
+    density = {"mu": {"x": _r(mu_x, 4), "pdf": _r(pdf_mu, 6)}, "tau": {"x": _r(tau_x, 4), "pdf": _r(pdf_tau, 6)}}
     method = (f"quadrature: (mu, u) grid {n_mu} x {n_u}, tau = 5 tan(pi u / 2); theta and eta Gaussian "
               f"given (mu, tau)")
     for name, extra in (("eight_schools_centered", {"theta": (Eth, sd_th)}),
                         ("eight_schools_noncentered", {"eta": (Eeta, sd_eta)})):
         out[name] = {"method": method, "log_evidence": log_evidence,
-                     "latents": {k: {"mean": _r(m), "sd": _r(sd)} for k, (m, sd) in {**common, **extra}.items()}}
+                     "latents": {k: {"mean": _r(m), "sd": _r(sd)} for k, (m, sd) in {**common, **extra}.items()},
+                     "density": density}
     return out
 
 
@@ -101,11 +115,13 @@ def occupancy(n=2000):
     m_psi, s_psi = _stats(w, PSI)
     m_p, s_p = _stats(w, P)
     ez = (w[..., None] * pz).sum((0, 1))
+    density = {k: {"x": _r(g[::10], 5), "pdf": _r((w.sum(ax) * n)[::10], 6)} for k, ax in (("psi", 1), ("p", 0))}
     return {"occupancy": {
         "method": f"quadrature: (psi, p) midpoint grid {n} x {n}; z summed out per site",
         "log_evidence": log_evidence,
         "latents": {"psi": {"mean": _r(m_psi), "sd": _r(s_psi)}, "p": {"mean": _r(m_p), "sd": _r(s_p)},
-                    "z": {"mean": _r(ez), "sd": _r(np.sqrt(ez * (1 - ez)))}}}}
+                    "z": {"mean": _r(ez), "sd": _r(np.sqrt(ez * (1 - ez)))}},
+        "density": density}}
 
 
 def _nuts(model, data, draws=25000, warmup=2000, chains=4, seed=0):

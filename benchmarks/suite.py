@@ -1,0 +1,292 @@
+"""The benchmarks. Each `bench_*` function takes a `Config` and returns one section of
+the report: a title, a description, columns, rows, and a verdict against its target."""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+
+from . import models
+from .common import loglog_slope, median_ms, mib, run_isolated, spread_ms, time_interleaved
+
+
+@dataclass
+class Config:
+    device: torch.device
+    quick: bool = False
+    threads: int | None = None
+    warmup: int = 5
+    repeats: int = 30
+    # 1, 2: the hierarchical Gaussian against hand-written torch and Pyro
+    hg_groups: int = 100
+    hg_obs: int = 10
+    hg_K: tuple = (10, 30, 100)
+    agreement_draws: int = 20
+    # 3: four latents per group, all parents of the observation
+    blowup_groups: int = 10
+    blowup_obs: int = 5
+    blowup_K: tuple = (3, 10, 30)
+    # 4: MovieLens-shaped
+    ml_users: int = 300
+    ml_films: int = 5
+    ml_features: int = 18
+    ml_K: tuple = (10, 30)
+    # 5: scaling in the plate size
+    scaling_groups: tuple = (10, 100, 1_000, 10_000, 100_000)
+    scaling_K: int = 10
+    # 6: the shipped examples
+    examples: tuple = ("radon",)
+    examples_K: int = 10
+    isolated_warmup: int = 2
+    isolated_repeats: int = 7
+    timeout_s: float = 900
+    only: tuple = field(default_factory=tuple)
+
+    @classmethod
+    def make(cls, device, quick=False, toy=False, **kw) -> "Config":
+        if toy:   # tiny sizes for the smoke test: every code path, no meaningful figure
+            base = dict(warmup=1, repeats=2, hg_groups=4, hg_obs=3, hg_K=(3,), agreement_draws=2, blowup_groups=2,
+                        blowup_obs=2, blowup_K=(2,), ml_users=4, ml_films=2, ml_features=3, ml_K=(3,),
+                        scaling_groups=(2, 4, 8), scaling_K=3, examples=("hierarchical_gaussian",), examples_K=3,
+                        isolated_warmup=1, isolated_repeats=2, timeout_s=300)
+            base.update(kw)
+            return cls(device=device, quick=True, **base)
+        if quick:
+            base = dict(warmup=2, repeats=8, hg_K=(10, 30), agreement_draws=5, blowup_K=(3, 10), ml_K=(10,),
+                        scaling_groups=(10, 100, 1_000, 10_000), isolated_warmup=1, isolated_repeats=3)
+            base.update(kw)
+            kw = base
+        return cls(device=device, quick=quick, **kw)
+
+    def isolated(self, **cfg) -> dict:
+        cfg = {"device": str(self.device), "threads": self.threads, "warmup": self.isolated_warmup,
+               "repeats": self.isolated_repeats, **cfg}
+        return run_isolated("fit", cfg, timeout=self.timeout_s)
+
+
+def _split(r: dict) -> str:
+    """How the engine ran: whole, or one plate in chunks (to fit its memory budget)."""
+    return "no" if not r.get("split") else f"{r['split'][0]} in chunks of {r['split'][1]}"
+
+
+def _verdict(ok: bool | None, what: str) -> str:
+    return "n/a" if ok is None else (f"met: {what}" if ok else f"NOT met: {what}")
+
+
+# ---- 1. against hand-written torch --------------------------------------------------------
+def bench_handwritten(cfg: Config) -> dict:
+    from engine.fit import Fitter
+    from .handwritten import HandQEM, HandVI, engine_agreement, engine_q
+    rows, worst = [], 0.0
+    for K in cfg.hg_K:
+        model = models.hierarchical_gaussian(cfg.hg_groups, cfg.hg_obs)
+        for method in ("qem", "vi"):
+            f = Fitter(model, method, K=K, seed=0, device=cfg.device)
+            x = f.program._observed["x"][0].t
+            agree = engine_agreement(f) if method == "qem" else None
+            q = engine_q(f.program)
+            hand = (HandQEM if method == "qem" else HandVI)(x, K, q, seed=0)
+            ts = time_interleaved({"engine": f.step, "hand": hand.step}, cfg.warmup, cfg.repeats, cfg.device)
+            e, h = median_ms(ts["engine"]["wall"]), median_ms(ts["hand"]["wall"])
+            ratio = e / h
+            worst = max(worst, ratio)
+            rows.append({"K": K, "method": "QEM iteration" if method == "qem" else "VI forward+backward+Adam",
+                         "engine_ms": e, "engine_spread_ms": spread_ms(ts["engine"]["wall"]), "hand_ms": h,
+                         "hand_spread_ms": spread_ms(ts["hand"]["wall"]), "ratio": ratio, "ok": ratio <= 1.5,
+                         "engine_cpu_ms": median_ms(ts["engine"]["cpu"]), "hand_cpu_ms": median_ms(ts["hand"]["cpu"]),
+                         "cpu_ratio": median_ms(ts["engine"]["cpu"]) / median_ms(ts["hand"]["cpu"]),
+                         "logp_engine": agree["engine"] if agree else None,
+                         "logp_hand": agree["handwritten"] if agree else None,
+                         "logp_abs_diff": agree["abs_diff"] if agree else None})
+    return {
+        "name": "handwritten", "title": "1. Engine against hand-written torch (hierarchical Gaussian)",
+        "description": f"mu; {cfg.hg_groups} groups; {cfg.hg_obs} observations each. The hand-written version "
+                       "(benchmarks/handwritten.py) does the same MP computation directly in torch: K particles "
+                       "per latent from the same independent Normal Q, the MP estimator by logsumexp, marginal "
+                       "weights by autograd on source terms, ESS, and the QEM moment update or an Adam step. "
+                       "log P columns: both on the very same particles and Q (QEM rows).",
+        "columns": [("K", "K"), ("method", "what"), ("engine_ms", "engine ms"), ("engine_spread_ms", "± (IQR/2)"),
+                    ("hand_ms", "hand-written ms"), ("hand_spread_ms", "± (IQR/2)"), ("ratio", "engine / hand"),
+                    ("ok", "<= 1.5"), ("cpu_ratio", "ratio of CPU times"), ("logp_engine", "log P engine"),
+                    ("logp_hand", "log P hand"), ("logp_abs_diff", "abs diff")],
+        "rows": rows, "target": "engine / hand-written <= 1.5",
+        "verdict": _verdict(worst <= 1.5, f"worst ratio {worst:.2f}"),
+    }
+
+
+# ---- 2. against Pyro's TraceTMC_ELBO ------------------------------------------------------
+def bench_pyro(cfg: Config) -> dict:
+    from .pyro_tmc import PyroTMC, available
+    sec = {"name": "pyro", "title": "2. Pyro TraceTMC_ELBO against the engine's MP VI (hierarchical Gaussian)",
+           "target": "Pyro / engine >= 3"}
+    ok, why = available()
+    if not ok:
+        return {**sec, "skipped": why, "rows": []}
+    from engine.fit import Fitter
+    from .handwritten import engine_q
+    rows, worst = [], math.inf
+    for K in cfg.hg_K:
+        model = models.hierarchical_gaussian(cfg.hg_groups, cfg.hg_obs)
+        f = Fitter(model, "vi", K=K, seed=0, device=cfg.device)
+        x = f.program._observed["x"][0].t
+        p = PyroTMC(x, K, engine_q(f.program), seed=0, lr=f.lr)
+        with torch.no_grad():   # the same estimator: mean log P over fresh draws, same Q
+            pl = [float(p.log_p()) for _ in range(cfg.agreement_draws)]
+            el = [f.program.sample(1000 + i).log_marginal() for i in range(cfg.agreement_draws)]
+        n = cfg.agreement_draws
+        se = math.sqrt((statistics.pvariance(pl) + statistics.pvariance(el)) / max(1, n - 1)) if n > 1 else math.nan
+        ts = time_interleaved({"engine": f.step, "pyro": p.step}, cfg.warmup, cfg.repeats, cfg.device)
+        e, py = median_ms(ts["engine"]["wall"]), median_ms(ts["pyro"]["wall"])
+        worst = min(worst, py / e)
+        rows.append({"K": K, "engine_ms": e, "engine_spread_ms": spread_ms(ts["engine"]["wall"]), "pyro_ms": py,
+                     "pyro_spread_ms": spread_ms(ts["pyro"]["wall"]), "ratio": py / e, "ok": py / e >= 3,
+                     "cpu_ratio": median_ms(ts["pyro"]["cpu"]) / median_ms(ts["engine"]["cpu"]),
+                     "logp_engine_mean": statistics.mean(el), "logp_pyro_mean": statistics.mean(pl),
+                     "z": (statistics.mean(el) - statistics.mean(pl)) / se if se and se > 0 else None})
+    return {**sec,
+            "description": f"Time per VI step (estimate, backward, Adam) on the model of section 1, pyro-ppl "
+                           f"{why}, same independent Normal guide, K samples per latent "
+                           f"(config_enumerate(num_samples=K)). Engine step = Fitter(model, 'vi', K).step(), "
+                           f"which also computes ESS. Agreement: mean log P over {cfg.agreement_draws} fresh draws "
+                           f"each with the same Q; z = difference / its standard error.",
+            "columns": [("K", "K"), ("engine_ms", "engine ms"), ("engine_spread_ms", "±"), ("pyro_ms", "Pyro ms"),
+                        ("pyro_spread_ms", "±"), ("ratio", "Pyro / engine"), ("ok", ">= 3"),
+                        ("cpu_ratio", "ratio of CPU times"),
+                        ("logp_engine_mean", "mean log P engine"), ("logp_pyro_mean", "mean log P Pyro"),
+                        ("z", "z")],
+            "rows": rows, "verdict": _verdict(worst >= 3, f"worst ratio {worst:.2f}")}
+
+
+# ---- 3. the radon-like blow-up ------------------------------------------------------------
+def bench_blowup(cfg: Config) -> dict:
+    rows = []
+    for K in cfg.blowup_K:
+        for grouped in (False, True):
+            r = cfg.isolated(model="radon_like", model_kwargs={"groups": cfg.blowup_groups, "obs": cfg.blowup_obs,
+                                                               "grouped": grouped}, method="qem", K=K)
+            row = {"K": K, "variant": "grouped (one K-dim)" if grouped else "ungrouped (four K-dims)"}
+            if "error" in r:
+                row["error"] = r["error"]
+            else:
+                row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
+                           largest=r["largest_factor_elements"], iter_mib=mib(r["iteration_bytes"]),
+                           peak_mib=mib(r["peak_bytes"]), estimate_mib=mib(r["estimate_bytes"]),
+                           split=_split(r))
+            rows.append(row)
+    notes = []
+    for K in cfg.blowup_K:
+        u = next((r for r in rows if r["K"] == K and r["variant"].startswith("ungrouped") and "ms" in r), None)
+        g = next((r for r in rows if r["K"] == K and r["variant"].startswith("grouped") and "ms" in r), None)
+        if u and g:
+            notes.append(f"K={K}: grouped is {u['ms'] / g['ms']:.1f}x faster; iteration memory "
+                         f"{u['iter_mib']} MiB ungrouped against {g['iter_mib']} MiB grouped.")
+    return {"name": "blowup", "title": "3. Four latents per group, all parents of the observation (QEM)",
+            "description": f"{cfg.blowup_groups} groups x {cfg.blowup_obs} observations; y ~ N(a1 + a2 u1 + a3 u2 + "
+                           f"a4 u3, 1). Ungrouped, the observation's factor is K^4 x plates; grouped "
+                           f"(\"group\": \"a\"), the four latents share one K-dim. One fresh process per row; "
+                           f"memory = RSS high-water during the measured iterations above the RSS before them "
+                           f"(peak = absolute); estimate = Program.memory_estimate().",
+            "columns": [("K", "K"), ("variant", "latents"), ("largest", "largest factor (elements)"),
+                        ("ms", "ms / iteration"), ("spread_ms", "±"), ("cpu_ms", "CPU ms"),
+                        ("iter_mib", "iteration MiB"), ("peak_mib", "peak RSS MiB"),
+                        ("estimate_mib", "engine estimate MiB"), ("split", "chunked"), ("error", "error")],
+            "rows": rows, "notes": notes}
+
+
+# ---- 4. MovieLens-shaped ------------------------------------------------------------------
+def bench_movielens(cfg: Config) -> dict:
+    rows, ok = [], None
+    for K in cfg.ml_K:
+        r = cfg.isolated(model="movielens_like", model_kwargs={"users": cfg.ml_users, "films": cfg.ml_films,
+                                                               "features": cfg.ml_features}, method="qem", K=K)
+        row = {"K": K}
+        if "error" in r:
+            row["error"] = r["error"]
+        else:
+            row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
+                       iter_mib=mib(r["iteration_bytes"]), peak_mib=mib(r["peak_bytes"]),
+                       estimate_mib=mib(r["estimate_bytes"]), largest=r["largest_factor_elements"], split=_split(r))
+            if K == 10:
+                ok = row["ms"] < 70
+        rows.append(row)
+    return {"name": "movielens", "title": "4. MovieLens-shaped model (QEM)",
+            "description": f"{cfg.ml_users} users x {cfg.ml_films} films x {cfg.ml_features} features, synthetic data; "
+                           "mu, psi ~ N(0, I); z_u ~ N(mu, exp(psi)) (shape [18]); y ~ Bernoulli(logits = z @ x).",
+            "columns": [("K", "K"), ("largest", "largest factor (elements)"), ("ms", "ms / iteration"),
+                        ("spread_ms", "±"), ("cpu_ms", "CPU ms"), ("iter_mib", "iteration MiB"),
+                        ("peak_mib", "peak RSS MiB"), ("estimate_mib", "engine estimate MiB"), ("split", "chunked"),
+                        ("error", "error")],
+            "rows": rows, "target": "under 70 ms per iteration at K=10 on CPU",
+            "verdict": _verdict(ok, f"{next((r['ms'] for r in rows if r['K'] == 10 and 'ms' in r), float('nan')):.0f} "
+                                    f"ms at K=10")}
+
+
+# ---- 5. scaling in the plate size ---------------------------------------------------------
+def bench_scaling(cfg: Config) -> dict:
+    rows = []
+    for G in cfg.scaling_groups:
+        r = cfg.isolated(model="hierarchical_gaussian", model_kwargs={"groups": G, "obs": cfg.hg_obs},
+                         method="qem", K=cfg.scaling_K)
+        row = {"groups": G}
+        if "error" in r:
+            row["error"] = r["error"]
+        else:
+            row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
+                       us_per_group=1e3 * median_ms(r["times"]) / G, iter_mib=mib(r["iteration_bytes"]),
+                       estimate_mib=mib(r["estimate_bytes"]), split=_split(r))
+        rows.append(row)
+    good = [r for r in rows if "ms" in r]
+    for a, b in zip(good, good[1:]):   # the slope of each step up in size, on the larger row
+        b["slope"] = loglog_slope([a["groups"], b["groups"]], [a["ms"], b["ms"]])
+        if a.get("iter_mib") and b.get("iter_mib"):
+            b["mem_slope"] = loglog_slope([a["groups"], b["groups"]], [a["iter_mib"], b["iter_mib"]])
+    notes, verdict = [], "n/a"
+    if len(good) >= 3:
+        top = good[-3:]
+        s_all = loglog_slope([r["groups"] for r in good], [r["ms"] for r in good])
+        s_top = loglog_slope([r["groups"] for r in top], [r["ms"] for r in top])
+        mem = [r for r in top if r["iter_mib"] and r["iter_mib"] > 0]
+        s_mem = loglog_slope([r["groups"] for r in mem], [r["iter_mib"] for r in mem]) if len(mem) >= 2 else math.nan
+        last = good[-1]["slope"]
+        notes.append(f"log-log slope of time against plate size: {s_all:.2f} over all sizes (the fixed "
+                     f"per-iteration cost flattens the small end), {s_top:.2f} fitted over the largest three, "
+                     f"{last:.2f} over the last step ({good[-2]['groups']} to {good[-1]['groups']} groups); of "
+                     f"iteration memory over the largest three: {s_mem:.2f}. A slope of 1 is linear, below 1 the "
+                     f"fixed cost still shows, above 1 the cost per group grows with the plate.")
+        kind = "linear" if 0.8 <= last <= 1.25 else ("sub-linear" if last < 0.8 else "SUPER-linear")
+        verdict = f"{kind} in plate size at the largest sizes (slope {last:.2f} over the last step, " \
+                  f"{s_top:.2f} fitted over the largest three; memory {s_mem:.2f})"
+    return {"name": "scaling", "title": f"5. Scaling with plate size (hierarchical Gaussian, QEM, K={cfg.scaling_K})",
+            "description": f"groups G (x {cfg.hg_obs} observations each); one fresh process per row.",
+            "columns": [("groups", "groups"), ("ms", "ms / iteration"), ("spread_ms", "±"), ("cpu_ms", "CPU ms"),
+                        ("us_per_group", "µs per group"), ("slope", "slope (time)"), ("iter_mib", "iteration MiB"),
+                        ("mem_slope", "slope (memory)"),
+                        ("estimate_mib", "engine estimate MiB"), ("split", "chunked"), ("error", "error")],
+            "rows": rows, "notes": notes, "target": "at most linear in plate size (log-log slope <= ~1)",
+            "verdict": verdict}
+
+
+# ---- 6. shipped examples ------------------------------------------------------------------
+def bench_examples(cfg: Config) -> dict:
+    rows = []
+    for name in cfg.examples:
+        r = cfg.isolated(model="asset", model_kwargs={"name": name}, method="qem", K=cfg.examples_K)
+        row = {"model": f"assets/models/{name}.json", "K": cfg.examples_K}
+        if "error" in r:
+            row["error"] = r["error"]
+        else:
+            row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
+                       iter_mib=mib(r["iteration_bytes"]), largest=r["largest_factor_elements"], split=_split(r))
+        rows.append(row)
+    return {"name": "examples", "title": "6. Shipped examples (QEM)",
+            "description": "The example models as the workbench opens them; one fresh process per row.",
+            "columns": [("model", "model"), ("K", "K"), ("largest", "largest factor (elements)"),
+                        ("ms", "ms / iteration"), ("spread_ms", "±"), ("cpu_ms", "CPU ms"),
+                        ("iter_mib", "iteration MiB"), ("split", "chunked"), ("error", "error")],
+            "rows": rows}
+
+
+BENCHMARKS = {"handwritten": bench_handwritten, "pyro": bench_pyro, "blowup": bench_blowup,
+              "movielens": bench_movielens, "scaling": bench_scaling, "examples": bench_examples}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .alloc import tune_allocator
 from .errors import ModelError
 from .model import _nulls_to_nan
 from .program import human_bytes
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=serve)
     args = ap.parse_args(argv)
+    tune_allocator()   # the process's choice, not the library's: see engine/alloc.py
     try:
         return args.func(args)
     except ModelError as e:

@@ -138,7 +138,11 @@ class Fitter:
         return Step(self.t, float(elbo.detach()), ess, seconds)
 
     def _qem(self, s) -> None:
-        eta = (self.t + 1) ** -self.ema_power
+        # The average starts at the initial Q's moments (t = 0 is that Q), so the first
+        # update mixes the first E-step's moments in with weight 2^-p instead of replacing Q
+        # by them: with weights as degenerate as an early E-step's (ESS ~ 1) a replacement
+        # collapses Q onto a particle, and QEM takes hundreds of iterations to recover.
+        eta = (self.t + 2) ** -self.ema_power
         with torch.no_grad():
             for name in self.program.latents:
                 q = self.proposal[name]
@@ -147,7 +151,7 @@ class Fitter:
                 stats = [st.double() for st in q.stats(s.values[name].t.detach())]
                 w = s.marginal_weights(name).double()
                 new = [(w.reshape(*w.shape, *[1] * (st.dim() - w.dim())) * st).sum(0) for st in stats]
-                old = self.moments.get(name)
+                old = self.moments.get(name, getattr(q, "initial_moments", None))
                 m = new if old is None else [(1 - eta) * o + eta * n for o, n in zip(old, new)]
                 self.moments[name] = m
                 q.set_moments([x.to(self.program.dtype) for x in m])

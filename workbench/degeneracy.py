@@ -79,7 +79,7 @@ def weights_heatmap(sample, name: str, max_rows: int = 60):
     fig = figure(title=title, x_range=(0.5, K + 0.5), y_range=(n - 0.5, -0.5), height=max(180, 60 + 14 * n),
                  width=560, x_axis_label="particle, heaviest first", y_axis_label="plate element, most collapsed first",
                  tools="hover,save", tooltips=[("weight", "@image{0.000}")], toolbar_location="right")
-    fig.image(image=[w], x=0.5, y=n - 0.5, dw=K, dh=n, color_mapper=mapper, name="weights")
+    fig.image(image=[w], x=0.5, y=-0.5, dw=K, dh=n, color_mapper=mapper, name="weights")   # row 0 on top
     fig.yaxis.ticker = list(range(n)) if n <= 30 else list(range(0, n, max(1, n // 15)))
     fig.yaxis.major_label_overrides = {i: labels[i] for i in range(n)}
     fig.add_layout(ColorBar(color_mapper=mapper, title="weight", width=10), "right")

@@ -135,17 +135,14 @@ def _binary(op, a: Named, b: Named, rank) -> Named:
 
 def _matmul(a: Named, b: Named, rank) -> Named:
     ea, eb = len(a.event_shape), len(b.event_shape)
-    if ea == 0 or eb == 0 or ea > 2 or eb > 2:
+    if not (1 <= ea <= 2 and 1 <= eb <= 2):
         raise ModelError(f"'@' needs vector or matrix operands, got event shapes {a.event_shape} and {b.event_shape}")
     dims = tuple(sorted(set(a.dims) | set(b.dims), key=lambda d: rank[d]))
-    ta, tb = a.align(dims, ea), b.align(dims, eb)
-    if ea == 1 and eb == 1:
-        return Named((ta * tb).sum(-1), dims)
-    if ea == 2 and eb == 1:
-        return Named((ta @ tb.unsqueeze(-1)).squeeze(-1), dims)
-    if ea == 1 and eb == 2:
-        return Named((ta.unsqueeze(-2) @ tb).squeeze(-2), dims)
-    return Named(ta @ tb, dims)
+    eq = {(1, 1): "...i,...i->...", (2, 1): "...ij,...j->...i", (1, 2): "...i,...ij->...j",
+          (2, 2): "...ij,...jk->...ik"}[(ea, eb)]
+    # einsum contracts without materialising the broadcast product (a user vector of 18
+    # against every film's features would otherwise make an 18x larger intermediate)
+    return Named(torch.einsum(eq, a.align(dims, ea), b.align(dims, eb)), dims)
 
 
 def _event_axis(x: Named, axis: int, expr: Expr) -> int:

@@ -275,3 +275,19 @@ def test_plate_editing_and_free_form_fields_round_trip():
     assert empty.latents == []
     with pytest.raises(ModelError, match="no nodes"):
         empty.sample(K=2)
+
+
+def test_matmul_semantics_with_named_batch_dims():
+    from engine.expr import Env, Expr
+    rank = {"K:a": 0, "K:b": 1, "users": 2}
+    a = Named(torch.randn(3, 4, 5), ("K:a", "users"))          # a vector per particle and user
+    M = Named(torch.randn(4, 5, 2), ("users",))                # a matrix per user
+    b = Named(torch.randn(6, 5), ("K:b",))
+    env = Env({"a": a, "M": M, "b": b}, rank, "cpu", torch.float32)
+    dot = Expr("a @ b", "test")(env)
+    assert dot.dims == ("K:a", "K:b", "users")
+    assert torch.allclose(dot.t, torch.einsum("kui,ji->kju", a.t, b.t), atol=1e-5)
+    vm = Expr("a @ M", "test")(env)
+    assert torch.allclose(vm.t, torch.einsum("kui,uij->kuj", a.t, M.t), atol=1e-5)
+    mv = Expr("sum(M, 1) @ sum(M, 1)", "test")(env)
+    assert torch.allclose(mv.t, (M.t.sum(2) ** 2).sum(-1), atol=1e-4)   # axis 1 of the event (5, 2)

@@ -110,7 +110,7 @@ def eight_schools(centered: bool):
 def seeds():
     rows = _csv("seeds.csv")
     col = lambda k: [int(r[k]) for r in rows]
-    X = [[1, int(r["x1"]), int(r["x2"]), int(r["x1"]) * int(r["x2"])] for r in rows]
+    X = [[1.0, float(r["x1"]), float(r["x2"]), float(r["x1"]) * float(r["x2"])] for r in rows]   # design matrix
     return {"format": "kn-model/1", "name": "seeds",
             "description": "Seeds (Crowder 1978; BUGS Vol. I): r_i of n_i Orobanche seeds germinated in each of "
                            "21 dishes; x1 seed type (1 = O. aegyptiaca 73), x2 root extract (1 = cucumber). "

@@ -208,6 +208,11 @@ def test_run_streams_elbo_ess_and_posterior(tmp_path):
     assert "ESS" in w.diagram.object                  # the plate diagram is coloured by ESS now
     assert all("background" in n["style"] for n in w.flow.nodes if n["type"] == "latent")
     assert not alerts(w, "danger")
+    assert w.deg_latent.value == "mu" and "heaviest of K=4 particles" in w.deg_note.object
+    assert w.deg_heat.object is not None and w.deg_particles.object is not None
+    w.deg_latent.value = "z"                           # z's parent mu: the coupling heatmap
+    assert w.deg_parent.value == "mu" and w.deg_coupling.object is not None
+    assert not alerts(w, "warning")
     w.method.value = "RWS"
     assert w.run() and w.wait(120)
     assert [r["label"].split(" ")[0] for r in w.runs] == ["QEM", "RWS"]     # overlaid

@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource
 
@@ -26,13 +27,14 @@ from engine import DISTRIBUTIONS, Model, ModelError
 from . import canvas as C
 from . import exact as E
 from . import data as D
+from . import degeneracy as DG
 from . import views as V
 from .compat import W
 from .forms import NodeForm, DataForm, PlateForm
 
 ROOT = Path(__file__).resolve().parent.parent
 METHOD_LABELS = {"IS": "is", "QEM": "qem", "RWS": "rws", "VI": "vi", "global": "global"}
-TABS = ("Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior")
+TABS = ("Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior", "Degeneracy")
 FALLBACK_EXAMPLE = Path("/tmp/radon_small.json")
 
 
@@ -299,6 +301,12 @@ class Workbench:
         self.post_names = W(pn.widgets.MultiChoice, label="Latents to plot", options=[], width=500)
         self.post_names.param.watch(lambda e: self.update_posterior_plots(), "value")
         self.post_plots = pn.pane.Bokeh(None, sizing_mode="stretch_width")
+        self.deg_note = pn.pane.Markdown("Run a method to see how the particles' weight is spread.")
+        self.deg_latent = W(pn.widgets.Select, label="Latent", options=[], width=220)
+        self.deg_parent = W(pn.widgets.Select, label="Parent (coupling view)", options=[], width=220)
+        self.deg_latent.param.watch(lambda e: self.update_degeneracy(), "value")
+        self.deg_parent.param.watch(lambda e: self.update_degeneracy(), "value")
+        self.deg_heat, self.deg_particles, self.deg_coupling = (pn.pane.Bokeh(None) for _ in range(3))
         self.views = pn.Tabs(
             (TABS[0], self.diagram),
             (TABS[1], pn.Column(self.einsum_head, self.einsum_summary, pn.pane.Markdown("**Contraction steps, "
@@ -307,6 +315,9 @@ class Workbench:
             (TABS[2], pn.Column(self.ess_note, self.ess_pane, self.ess_table, sizing_mode="stretch_width")),
             (TABS[3], pn.Column(self.elbo_note, self.elbo_pane, sizing_mode="stretch_width")),
             (TABS[4], pn.Column(self.post_note, self.post_table, self.post_names, self.post_plots,
+                                sizing_mode="stretch_width")),
+            (TABS[5], pn.Column(pn.Row(self.deg_latent, self.deg_parent), self.deg_note,
+                                pn.Row(self.deg_heat, self.deg_particles), self.deg_coupling,
                                 sizing_mode="stretch_width")),
             dynamic=False, sizing_mode="stretch_width", min_height=420)
 
@@ -907,8 +918,44 @@ class Workbench:
         keep = [n for n in self.post_names.value if n in names]
         self.post_names.value = keep or names[:min(6, len(names))]
         self.update_posterior_plots()
+        self.deg_latent.options = list(r.sample.program.latents)
+        if self.deg_latent.value not in self.deg_latent.options:
+            self.deg_latent.value = self.deg_latent.options[0] if self.deg_latent.options else None
+        self.update_degeneracy()
         self.update_diagram()
         self.refresh_canvas()
+
+    def update_degeneracy(self):
+        """The final sample's particle weights: heatmap, particles on the density, coupling."""
+        if self.result is None or not self.deg_latent.value:
+            return
+        s, name = self.result.sample, self.deg_latent.value
+        parents = [p for p in s.program.model.parents(name) if p in s.program.kdim]
+        if list(self.deg_parent.options) != parents:
+            self.deg_parent.options = parents
+            self.deg_parent.value = parents[0] if parents else None
+            return   # the parent watcher redraws
+        try:
+            m = DG.weight_matrix(s, name)
+            lines = [f"**{name}**: the heaviest of K={m['K']} particles holds {m['mean_top_share']:.0%} of the weight "
+                     f"on average over plate elements (1/K = {1 / m['K']:.0%}; 100% is collapse); "
+                     f"ESS min {m['ess'].min():.1f}, median {float(np.median(m['ess'])):.1f}."]
+            if s.program.mode == "global":
+                k = DG.pareto_khat(s)
+                lines.append(f"Pareto k-hat of the global weights: {k:.2f} "
+                             f"({'unreliable, above 0.7' if k > 0.7 else 'below the 0.7 threshold'}).")
+            self.deg_note.object = " ".join(lines)
+            self.deg_heat.object = DG.weights_heatmap(s, name)
+            scalar = not s.values[name].event_shape and not DISTRIBUTIONS[s.program.model.node(name).dist].discrete
+            element = tuple(0 for _ in s.program.chain[name])
+            exact = self.exact()
+            key = f"{name}[{', '.join(map(str, element))}]" if element else name
+            spec = exact.get(key, exact.get(key.replace(", ", ","))) if exact else None
+            self.deg_particles.object = DG.particles_figure(s, name, element, exact=spec) if scalar else None
+            parent = self.deg_parent.value
+            self.deg_coupling.object = DG.coupling_heatmap(s, name, parent) if parent else None
+        except (ModelError, ValueError, KeyError, IndexError, RuntimeError) as e:
+            self.alert(f"Cannot draw the degeneracy views: {e}", "warning")
 
     def update_posterior_plots(self):
         if self.result is None or not self.post_names.value:

@@ -1,7 +1,6 @@
 """The example gallery: every model loads and runs, its data are the published numbers,
 the closed-form posterior is right, and QEM recovers the stored reference posteriors."""
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -192,10 +191,11 @@ CASES = {
     # means: bias <= 0.07, seed sd <= 0.09 (max |error| 0.14); sds: bias <= 0.05, seed sd <= 0.07
     "eight_schools_noncentered": dict(K=10, iters=100, K_result=100, n_results=3, tol_mean=0.35, tol_sd=0.3),
     # K=10 is not enough for the centred funnel (errors of 2 sds and more at some seeds). K=30:
-    # means: bias <= 0.09, seed sd <= 0.12 (max 0.26); sds: bias <= 0.12 (small), seed sd <= 0.11
+    # means: bias <= 0.09, seed sd <= 0.12 (max 0.26); sds: bias <= 0.13 (small), seed sd <= 0.11
     "eight_schools_centered": dict(K=30, iters=100, K_result=100, n_results=3, tol_mean=0.5, tol_sd=0.45),
     # K_result=300 (cheap here) matters: at 100 the seed sd of b's and sigma's means is 0.25.
     # means: bias <= 0.05, seed sd <= 0.11 (max 0.23); sds: bias <= 0.10, seed sd <= 0.11 (max 0.35)
+    # (before the engine's QEM started its EMA at the initial Q; now 0.05, 0.09, 0.18 and 0.10, 0.10, 0.20)
     "seeds": dict(K=50, iters=100, K_result=300, n_results=4, tol_mean=0.45, tol_sd=0.45),
     # means: bias <= 0.04, seed sd <= 0.08 (max 0.15); sds: bias <= 0.01, seed sd <= 0.03;
     # P(z_i = 1): bias <= 0.02, seed sd <= 0.03 (max |error| 0.07)
@@ -220,19 +220,20 @@ def test_qem_matches_reference(name):
         assert rel.max() < c["tol_sd"], f"{latent}: relative sd errors {np.round(rel, 2)}"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("KN_SLOW") != "1", reason="minutes on a laptop CPU: set KN_SLOW=1 to run")
+@pytest.mark.slow      # 8-20 s on a 2-core CPU; deselect with -m "not slow"
 def test_qem_matches_reference_radon():
-    """Radon: QEM from the prior-matched start needs K=10 and ~200 iterations (the ELBO
-    settles at about -1083 by iteration 200); the final MP estimate at K=10 (K=30 would
-    need a 2e9-element intermediate) still has a finite-K bias: sds 30-50% small for a and
-    b. Measured once (fitting seed 0): mean errors <= 0.5 sd for the globals, <= 0.8 sd for
-    the worst county. The tolerances leave room for that bias, not only Monte Carlo error."""
+    """Radon (90 latent variables): QEM at K=10 settles within ~30 iterations; the final MP
+    estimate is at K=10 too (K=30 would need a 2e9-element intermediate), which leaves a
+    finite-K bias: sds of g0, b and sigma_a come out ~40% small. Measured over fitting seeds
+    0-5 with these settings: mean errors of the 90 elements <= 0.32 sd on average per latent,
+    worst 0.69 sd; biases <= 0.32 sd and seed-to-seed sds <= 0.36 sd; sd errors: bias <= 0.39,
+    seed sd <= 0.20. Tolerances: bias + 3 seed sds for the worst element, and the averages
+    over elements with a similar margin."""
     m = datasets.load("radon")
     ref = datasets.reference("radon")["latents"]
-    est = qem_estimate(m, K=10, iters=250, K_result=10, n_results=4)
+    est = qem_estimate(m, K=10, iters=60, K_result=10, n_results=3)
     for latent, (mean, sd) in est.items():
         err = np.abs(mean - ref[latent]["mean"]) / ref[latent]["sd"]
         rel = np.abs(sd / ref[latent]["sd"] - 1)
-        assert err.max() < 1.2 and err.mean() < 0.6, f"{latent}: mean errors {np.round(err, 2)} posterior sds"
-        assert rel.mean() < 0.6, f"{latent}: relative sd errors {np.round(rel, 2)}"
+        assert err.max() < 1.25 and err.mean() < 0.5, f"{latent}: mean errors {np.round(err, 2)} posterior sds"
+        assert rel.max() < 1.0 and rel.mean() < 0.55, f"{latent}: relative sd errors {np.round(rel, 2)}"

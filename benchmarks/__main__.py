@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s) {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
+    from engine.alloc import tune_allocator
+    tune_allocator()   # as the kn command does
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = args.threads or None

@@ -49,6 +49,8 @@ KINDS = {"fit": fit}
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     kind, cfg = argv[0], json.loads(argv[1])
+    from engine.alloc import tune_allocator
+    tune_allocator()   # as the kn command does: keep freed pages for the next iteration
     print(json.dumps(KINDS[kind](cfg)))
     return 0
 

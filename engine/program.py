@@ -494,7 +494,9 @@ class Program:
         elem = torch.finfo(self.dtype).bits // 8
         sizes = {**self.sizes, **(override or {})}
         size = lambda dims: math.prod(sizes[d] for d in dims)
-        n = sum(size(dims) for dims in self.factor_dims.values())
+        # each factor, and a latent's log-density before its event dims are summed out
+        n = sum(size(dims) * (1 + math.prod(self.model.node(name).shape or ()))
+                for name, dims in self.factor_dims.items())
         for level in self.plan.levels:
             for comp in level.components:
                 for st in comp.steps:

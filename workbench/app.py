@@ -54,23 +54,14 @@ def default_model_path() -> Path | None:
 
 
 def read_model(path) -> tuple[Model, dict | None]:
-    """A model and its optional "exact" posterior field (kept out of the engine's document)."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"no model file at {str(path)!r}") from None
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path.name}: not valid JSON ({e})") from None
-    return model_from_doc(doc, base=path.parent)
+    """A model and its optional "exact" posterior field."""
+    m = Model.load(path)
+    return m, m.extras.get("exact")
 
 
 def model_from_doc(doc, base=None) -> tuple[Model, dict | None]:
-    if not isinstance(doc, dict):
-        raise ModelError("a model document must be a JSON object")
-    doc = dict(doc)
-    exact = doc.pop("exact", None)
-    return Model.from_dict(doc, base=base), exact
+    m = Model.from_dict(doc, base=base)
+    return m, m.extras.get("exact")
 
 
 def _suggest(model, stem: str) -> str:

@@ -35,14 +35,10 @@ from .forms import NodeForm, DataForm, PlateForm
 ROOT = Path(__file__).resolve().parent.parent
 METHOD_LABELS = {"IS": "is", "QEM": "qem", "RWS": "rws", "VI": "vi", "global": "global"}
 TABS = ("Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior", "Degeneracy")
-FALLBACK_EXAMPLE = Path("/tmp/radon_small.json")
 
 
 def examples() -> dict[str, Path]:
-    out = {p.stem: p for p in sorted((ROOT / "assets" / "models").glob("*.json"))}
-    if not out and FALLBACK_EXAMPLE.exists():
-        out[FALLBACK_EXAMPLE.stem] = FALLBACK_EXAMPLE
-    return out
+    return {p.stem: p for p in sorted((ROOT / "assets" / "models").glob("*.json"))}
 
 
 def default_model_path() -> Path | None:

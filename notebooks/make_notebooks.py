@@ -349,11 +349,11 @@ show(dg.ess_k_figure(dg.ess_vs_K(m, Ks=Ks, seeds=range(2))))''',
 report(more, f"prior proposal, K={more.K}")''',
     M("""## Fix 2: learn the proposal with QEM
 
-Watch the numbers as QEM runs. Early on, z's ESS is already high while its estimates are
-still off and log P falls short by many nats: the Q for each group is narrower than the
-posterior and not yet centred, so its particles get even weights and all sit in the wrong
-place. A high ESS is necessary, not sufficient; the evidence gap (or a second, independent
-run) exposes it."""),
+Watch the numbers as QEM runs: the top share falls towards 1/K, ESS/K rises towards 1 and
+the evidence gap closes. Read ESS together with the gap: a Q narrower than the posterior
+and off-centre gives its particles even weights while they all sit in the wrong place, so
+a high ESS is necessary, not sufficient; the gap (or a second, independent run) exposes
+that case."""),
     '''f = Fitter(m, "qem", K=10, seed=0, device="cpu")
 for step in f.run(100):
     if step.iteration in (10, 30, 100):

@@ -142,7 +142,9 @@ def _matmul(a: Named, b: Named, rank) -> Named:
           (2, 2): "...ij,...jk->...ik"}[(ea, eb)]
     # einsum contracts without materialising the broadcast product (a user vector of 18
     # against every film's features would otherwise make an 18x larger intermediate)
-    return Named(torch.einsum(eq, a.align(dims, ea), b.align(dims, eb)), dims)
+    ta, tb = a.align(dims, ea), b.align(dims, eb)
+    dtype = next((t.dtype for t in (ta, tb) if t.is_floating_point()), torch.get_default_dtype())
+    return Named(torch.einsum(eq, ta.to(dtype), tb.to(dtype)), dims)   # integer data (a 0/1 design) too
 
 
 def _event_axis(x: Named, axis: int, expr: Expr) -> int:

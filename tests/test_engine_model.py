@@ -289,5 +289,8 @@ def test_matmul_semantics_with_named_batch_dims():
     assert torch.allclose(dot.t, torch.einsum("kui,ji->kju", a.t, b.t), atol=1e-5)
     vm = Expr("a @ M", "test")(env)
     assert torch.allclose(vm.t, torch.einsum("kui,uij->kuj", a.t, M.t), atol=1e-5)
+    env.values["X"] = Named(torch.tensor([[1, 0, 1, 0, 1], [0, 1, 0, 1, 0]]), ())   # integer data
+    ix = Expr("X @ b", "test")(env)
+    assert torch.allclose(ix.t, b.t @ env.values["X"].t.float().T, atol=1e-5)
     mv = Expr("sum(M, 1) @ sum(M, 1)", "test")(env)
     assert torch.allclose(mv.t, (M.t.sum(2) ** 2).sum(-1), atol=1e-4)   # axis 1 of the event (5, 2)

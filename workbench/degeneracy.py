@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from engine import DISTRIBUTIONS, Model, ModelError
+from .views import exact_pdf
 
 KHAT_THRESHOLD = 0.7     # Vehtari et al. (2024): above it, importance sampling is unreliable
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -151,32 +152,6 @@ def coupling_heatmap(sample, child: str, parent: str, element=None):
 
 
 # ---- particles on the density --------------------------------------------------------------------------
-def _pdf_from_spec(spec, x: np.ndarray) -> np.ndarray | None:
-    if spec is None:
-        return None
-    if callable(spec):
-        return np.asarray(spec(x), dtype=float)
-    if isinstance(spec, dict) and "pdf" in spec:
-        return np.interp(x, np.asarray(spec["x"], float), np.asarray(spec["pdf"], float), left=0, right=0)
-    if isinstance(spec, dict) and "dist" in spec:
-        d = DISTRIBUTIONS[spec["dist"]].cls(**{k: torch.as_tensor(v, dtype=torch.float64)
-                                              for k, v in spec.get("args", {}).items()}, validate_args=False)
-        return _masked_pdf(d, torch.as_tensor(x, dtype=torch.float64))
-    raise ModelError(f"exact posterior {spec!r}: give a callable x -> pdf, {{'dist': ..., 'args': {{...}}}} "
-                     f"or {{'x': [...], 'pdf': [...]}}")
-
-
-def _masked_pdf(d, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        lp = d.log_prob(x)
-        try:
-            ok = d.support.check(x)
-        except (NotImplementedError, AttributeError):
-            ok = torch.ones_like(lp, dtype=torch.bool)
-        lp = torch.where(ok & torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
-    return _np(lp.exp())
-
-
 def proposal_log_density(sample, name: str, x: np.ndarray, element: tuple = ()) -> np.ndarray:
     """log Q(x) of latent `name`'s proposal at plate element `element`, for scalar latents:
     the learned family where there is one, else the prior given the parents' particles mixed
@@ -245,7 +220,7 @@ def particle_density(sample, name: str, element: tuple | int = (), exact=None, n
     span = max(hi - lo, 1e-6)
     grid = np.linspace(lo - 0.15 * span, hi + 0.15 * span, n_grid)
     out = {"x": x, "w": w, "grid": grid, "outside": int(((x < grid[0]) | (x > grid[-1])).sum()), "proposal": np.exp(proposal_log_density(sample, name, grid, element)),
-           "exact": _pdf_from_spec(exact, grid), "weighted_mean": float((w * x).sum()), "ess": float(1 / (w * w).sum())}
+           "exact": exact_pdf(exact, grid), "weighted_mean": float((w * x).sum()), "ess": float(1 / (w * w).sum())}
     if out["exact"] is not None and np.trapezoid(out["exact"], grid) > 0:
         out["exact_mean"] = float(np.trapezoid(out["exact"] * grid, grid) / np.trapezoid(out["exact"], grid))
     return out

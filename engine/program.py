@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
 from .contract import Plan
@@ -22,9 +23,7 @@ from .errors import ModelError
 from .expr import Env
 from .model import Model, Node, Param
 from .named import Named
-from torch.distributions import constraints
-
-from .proposal import FAMILIES, Proposal, check_family, default_family
+from .proposal import Proposal, check_family, default_family
 
 
 def resolve_device(device) -> torch.device:
@@ -263,7 +262,7 @@ class Program:
         dims = tuple(sorted(set(dims).union(*[v.dims for v in args.values()]), key=self.rank.get))
         return build(spec, args, dims, n_extra, node.where()), dims, n_extra
 
-    def _draw(self, seed: int, reparam: bool, generator_state=None) -> dict[str, Named]:
+    def _draw(self, seed: int, reparam: bool) -> dict[str, Named]:
         """Sample every latent (K particles each), observed nodes take their data."""
         values: dict[str, Named] = {}
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -547,4 +546,4 @@ def _categories(model, node, prior, values) -> int:
     return 1
 
 
-__all__ = ["Program", "FAMILIES"]
+__all__ = ["Program"]

@@ -52,6 +52,7 @@ class Expr:
         except SyntaxError as e:
             raise ModelError(f"{where}: cannot parse expression {source!r} ({e.msg})") from None
         self.names: set[str] = set()
+        self.checked_indices: set = set()
         self._fn = self._compile(tree.body)
 
     def __call__(self, env: Env) -> Named:
@@ -173,8 +174,12 @@ def _index_data(x: Named, index: Named, rank, expr: Expr) -> Named:
         raise ModelError(f"{expr.where}: an index must be integer data with no event dims in {expr.source!r}")
     ax = _event_axis(x, 0, expr)
     n = x.t.shape[ax]
-    if index.t.numel() and (int(index.t.min()) < 0 or int(index.t.max()) >= n):
-        raise ModelError(f"{expr.where}: index data in {expr.source!r} must lie in 0..{n - 1}")
+    # data is constant: check each index tensor (or chunk of it) once, not every iteration
+    key = (index.t.data_ptr(), tuple(index.t.shape), n)
+    if key not in expr.checked_indices:
+        if index.t.numel() and (int(index.t.min()) < 0 or int(index.t.max()) >= n):
+            raise ModelError(f"{expr.where}: index data in {expr.source!r} must lie in 0..{n - 1}")
+        expr.checked_indices.add(key)
     dims = tuple(sorted(set(x.dims) | set(index.dims), key=lambda d: rank[d]))
     rest = x.event_shape[1:]
     tx = x.align(dims, len(x.event_shape))

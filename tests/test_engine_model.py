@@ -294,3 +294,15 @@ def test_matmul_semantics_with_named_batch_dims():
     assert torch.allclose(ix.t, b.t @ env.values["X"].t.float().T, atol=1e-5)
     mv = Expr("sum(M, 1) @ sum(M, 1)", "test")(env)
     assert torch.allclose(mv.t, (M.t.sum(2) ** 2).sum(-1), atol=1e-4)   # axis 1 of the event (5, 2)
+
+
+def test_index_data_out_of_range_is_an_error():
+    m = Model("idx").add_plate("n", 3)
+    m.add_node("alpha", "latent", "Normal", {"loc": 0, "scale": 1}, shape=[2])
+    m.add_node("y", "observed", "Normal", {"loc": "alpha[group]", "scale": 1}, plate="n")
+    m.set_data("y", [0.1, 0.2, 0.3])
+    m.set_data("group", [0, 1, 1])
+    assert np.isfinite(m.sample(K=4).log_marginal())
+    m.set_data("group", [0, 2, 1])
+    with pytest.raises(ModelError, match=r"node 'y', argument 'loc': index data in 'alpha\[group\]' must lie in 0..1"):
+        m.sample(K=4)

@@ -158,7 +158,7 @@ class Plan:
                     info = comp.info
                     d.update(equation=info.eq, naive_flops=int(info.naive_cost), optimized_flops=int(info.opt_cost),
                              largest_intermediate=int(info.largest_intermediate))
-                    for st, c in zip(comp.steps, info.contraction_list):
+                    for st in comp.steps:
                         size = math.prod(self.sizes[x] for x in st.out_dims)
                         d["steps"].append({"operands": list(st.inputs), "equation": st.equation,
                                            "sums_out": list(st.removed), "output_elements": size})

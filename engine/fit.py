@@ -105,8 +105,6 @@ class Fitter:
         saved = self.proposal.state_dict(), {k: v.detach().clone() for k, v in self.params.items()}
         try:
             s = self.program.sample(_iteration_seed(self.seed, self.t), reparam=self.method == "vi")
-            if not torch.isfinite(s.log_p):
-                raise ModelError(f"the ELBO is {float(s.log_p)}: no particle combination has positive probability")
         except ModelError as e:
             if self._last_good is not None:
                 self._restore(self._last_good)
@@ -151,7 +149,7 @@ class Fitter:
                 stats = [st.double() for st in q.stats(s.values[name].t.detach())]
                 w = s.marginal_weights(name).double()
                 new = [(w.reshape(*w.shape, *[1] * (st.dim() - w.dim())) * st).sum(0) for st in stats]
-                old = self.moments.get(name, getattr(q, "initial_moments", None))
+                old = self.moments.get(name, q.initial_moments)
                 m = new if old is None else [(1 - eta) * o + eta * n for o, n in zip(old, new)]
                 self.moments[name] = m
                 q.set_moments([x.to(self.program.dtype) for x in m])

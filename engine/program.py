@@ -142,17 +142,15 @@ class Program:
                 continue
             cls = check_family(choice, f"proposal for {i!r}")
             x = v.expand_to(("K", *self.chain[i]), prior.sizes)
-            f = cls.__new__(cls)
-            f.event_shape = v.event_shape
-            f.raw = {}
-            if cls.name == "Categorical":
-                n = int(x.max().item()) + 1
-                n = max(n, _categories(self.model, node, prior, values))
-                f.raw = {"logits": torch.zeros(*x.shape[1:], n, dtype=self.dtype, device=self.device)}
-            if cls.discrete and cls.name != "Categorical" and not _integer_valued(x):
+            raw = {}
+            if cls.name == "Categorical":   # its statistics (one-hot) need the number of categories
+                n = max(int(x.max().item()) + 1, _categories(self.model, node, prior, values))
+                raw = {"logits": torch.zeros(*x.shape[1:], n, dtype=self.dtype, device=self.device)}
+            elif cls.discrete and not _integer_valued(x):
                 raise ModelError(f"proposal for {i!r}: {cls.name} needs integer values")
-            f.set_moments([s.mean(0) for s in f.stats(x)])
+            f = cls(raw, v.event_shape)
             f.initial_moments = [s.double().mean(0) for s in f.stats(x)]   # QEM starts its average here
+            f.set_moments([m.to(self.dtype) for m in f.initial_moments])
             fams[i] = f
         return Proposal(fams)
 

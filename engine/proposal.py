@@ -51,6 +51,7 @@ class Family:
     name = ""
     value_rank = 0      # native event rank of a value
     discrete = False
+    initial_moments = None   # expected statistics Q was built from (QEM's average starts there)
 
     def __init__(self, raw: dict[str, torch.Tensor], event_shape: tuple[int, ...]):
         self.raw = raw
@@ -84,8 +85,7 @@ class Family:
 
     @classmethod
     def from_moments(cls, m, event_shape):
-        f = cls.__new__(cls)
-        Family.__init__(f, {}, event_shape)
+        f = cls({}, event_shape)
         f.set_moments(m)
         return f
 
@@ -317,9 +317,7 @@ class Proposal:
             if s is None:
                 fams[n] = None
                 continue
-            f = FAMILIES[s["family"]].__new__(FAMILIES[s["family"]])
-            Family.__init__(f, {k: v.clone() for k, v in s["raw"].items()}, tuple(s["event_shape"]))
-            fams[n] = f
+            fams[n] = FAMILIES[s["family"]]({k: v.clone() for k, v in s["raw"].items()}, tuple(s["event_shape"]))
         return cls(fams)
 
     def parameters(self) -> list[torch.Tensor]:

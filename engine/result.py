@@ -102,7 +102,7 @@ def predictive_log_likelihood(model, sample, test_data: dict, draws: int = 1000,
                 if p in holds_latent:
                     raise ModelError(f"test data {name!r}: plate {p!r} holds latents, so its size must stay "
                                      f"{test.plates[p].size} (got {n})")
-                test.plates[p] = type(test.plates[p])(p, int(n), test.plates[p].parent)
+                test.resize_plate(p, int(n))
     post = sample.posterior_samples(draws, seed)
     prog = Program(test, draws, mode="global", device=sample.program.device, dtype=sample.program.dtype,
                    params=sample.program.params)

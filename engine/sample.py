@@ -34,6 +34,7 @@ class Sample:
         for name, f in self.factors.items():
             if torch.isneginf(f.t).all():
                 raise ModelError(f"node {name!r}: zero probability under every particle")
+        raise ModelError(f"log P_MP is {float(self.log_p)}: no particle combination has positive probability")
 
     # ---- estimates -------------------------------------------------------------------
     def log_marginal(self) -> float:

@@ -54,15 +54,10 @@ def test_issue_document_loads_and_round_trips(tmp_path):
 
 def test_missing_values_are_masked():
     """A null observation contributes nothing: same estimate as a model without it."""
-    m = Model.from_dict(RADON_DOC)
+    a = Model.from_dict(RADON_DOC).sample(K=5, seed=4, dtype="float64").log_marginal()
     d = doc()
-    d["data"]["y"][0][1] = 123.0   # would dominate the likelihood if it were not masked
-    d["data"]["y"] = [[1.2, None], [0.4, 0.9]]
-    a = m.sample(K=5, seed=4, dtype="float64").log_marginal()
-    d2 = doc()
-    d2["plates"][1]["size"] = 2
-    d2["data"]["y"] = [[1.2, float("nan")], [0.4, 0.9]]
-    b = Model.from_dict(d2).sample(K=5, seed=4, dtype="float64").log_marginal()
+    d["data"]["y"] = [[1.2, float("nan")], [0.4, 0.9]]   # NaN in an array is the same as null
+    b = Model.from_dict(d).sample(K=5, seed=4, dtype="float64").log_marginal()
     assert a == pytest.approx(b)
     # and removing the masked house changes nothing either
     one = Model("one").add_plate("h", 1)

@@ -15,7 +15,7 @@ import torch.distributions as D
 from torch.distributions import constraints
 
 from .errors import ModelError
-from .named import Named
+from .named import Constant, Named
 
 
 @dataclass(frozen=True)
@@ -142,16 +142,25 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
     Normal.log_prob makes six full-size passes ((x - loc) ** 2, neg, / 2 var, - log scale,
     - const), over loc and scale already expanded to the full shape; here it is
     (x - loc) / scale and one fused pass (addcmul) or, with event dims, one reduction
-    (vector_norm) before anything small is added. The same value to float rounding."""
+    (vector_norm) before anything small is added. A scale written as a number costs no
+    tensor pass at all. The same value to float rounding."""
     if spec.name != "Normal":
         return None
-    loc = args["loc"].align(dims, n_extra)
-    scale = args["scale"].align(dims, n_extra)
-    z = (value - loc) / scale
+    loc, scale = args["loc"], args["scale"]
+    z = value if isinstance(loc, Constant) and loc.value == 0 else value - loc.align(dims, n_extra)
+    n = math.prod(z.shape[z.dim() - n_extra:]) if n_extra else 1   # entries summed per factor entry
+    if isinstance(scale, Constant) and scale.value > 0:
+        if scale.value != 1:
+            z = z / scale.value
+        log_norm = z.new_full((), -n * (math.log(scale.value) + _HALF_LOG_2PI))
+    else:
+        scale = scale.align(dims, n_extra)
+        z = z / scale
+        log_scale = torch.log(scale)
+        if n_extra:
+            log_scale = log_scale.expand(*log_scale.shape[:log_scale.dim() - n_extra],
+                                         *z.shape[z.dim() - n_extra:]).sum(tuple(range(-n_extra, 0)))
+        log_norm = -(log_scale + n * _HALF_LOG_2PI)
     if not n_extra:
-        return torch.addcmul(-(torch.log(scale) + _HALF_LOG_2PI), z, z, value=-0.5)
-    ev = tuple(range(-n_extra, 0))
-    log_scale = torch.log(scale)
-    log_scale = log_scale.expand(*log_scale.shape[:log_scale.dim() - n_extra], *z.shape[z.dim() - n_extra:]).sum(ev)
-    n = math.prod(z.shape[z.dim() - n_extra:])
-    return -0.5 * torch.linalg.vector_norm(z, 2, dim=ev).square() - log_scale - n * _HALF_LOG_2PI
+        return torch.addcmul(log_norm, z, z, value=-0.5)
+    return log_norm - 0.5 * torch.linalg.vector_norm(z, 2, dim=tuple(range(-n_extra, 0))).square()

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .errors import ModelError
-from .named import Named, broadcast
+from .named import Constant, Named, broadcast
 
 
 def _sum(x, axis=-1):
@@ -63,8 +63,14 @@ class Expr:
 
     def _compile(self, n: ast.AST):
         if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool):
-            v = float(n.value)
-            return lambda env: Named(torch.tensor(v, dtype=env.dtype, device=env.device), ())
+            v, made = float(n.value), {}
+
+            def constant(env):   # one tensor per dtype and device, not one per evaluation
+                key = (env.dtype, env.device)
+                if key not in made:
+                    made[key] = Constant(torch.tensor(v, dtype=env.dtype, device=env.device), (), v)
+                return made[key]
+            return constant
         if isinstance(n, ast.Name):
             name = n.id
             if name in FUNCTIONS:

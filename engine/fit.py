@@ -15,6 +15,7 @@ Model parameters (`{"param": init}` arguments) take an Adam step on log P_MP in 
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ class Fitter:
 
     def step(self) -> Step:
         start = time.perf_counter()
-        saved = self.proposal.state_dict(), {k: v.detach().clone() for k, v in self.params.items()}
+        saved = self._snapshot()
         try:
             s = self.program.sample(_iteration_seed(self.seed, self.t), reparam=self.method == "vi")
         except ModelError as e:
@@ -123,17 +124,17 @@ class Fitter:
             self._gradient_step([(-elbo, q_params + model_params)])
         else:
             self._gradient_step([(-elbo, model_params)])
-        bad = self._nonfinite_parameter()
+        bad = self._nonfinite_parameter() if not self._all_finite() else None
         if bad:
             self._restore(saved)
             raise FitError(f"iteration {self.t}: {bad} became NaN or infinite; kept the last good Q "
                            f"(from iteration {self.t})")
         seconds = time.perf_counter() - start
-        self.history["elbo"].append(float(elbo.detach()))
+        self.history["elbo"].append(s.log_marginal())
         self.history["seconds"].append(seconds)
         self.last_sample = s
         self.t += 1
-        return Step(self.t, float(elbo.detach()), ess, seconds)
+        return Step(self.t, s.log_marginal(), ess, seconds)
 
     def _qem(self, s) -> None:
         # The average starts at the initial Q's moments (t = 0 is that Q), so the first
@@ -146,11 +147,11 @@ class Fitter:
                 q = self.proposal[name]
                 if q is None:
                     continue
-                stats = [st.double() for st in q.stats(s.values[name].t.detach())]
+                stats = q.stats(s.values[name].t.detach().double())
                 w = s.marginal_weights(name).double()
                 new = [(w.reshape(*w.shape, *[1] * (st.dim() - w.dim())) * st).sum(0) for st in stats]
                 old = self.moments.get(name, q.initial_moments)
-                m = new if old is None else [(1 - eta) * o + eta * n for o, n in zip(old, new)]
+                m = new if old is None else [torch.lerp(o, n, eta) for o, n in zip(old, new)]
                 self.moments[name] = m
                 q.set_moments([x.to(self.program.dtype) for x in m])
 
@@ -180,6 +181,13 @@ class Fitter:
             self.optimizer.step()
             self.optimizer.zero_grad()
 
+    def _all_finite(self) -> bool:
+        """One reduction and one host sync: a NaN or inf anywhere makes the total non-finite
+        (so does an overflowing sum, and then _nonfinite_parameter finds nothing)."""
+        tensors = self.proposal.parameters() + list(self.params.values())
+        with torch.no_grad():
+            return not tensors or math.isfinite(float(torch.cat([t.reshape(-1) for t in tensors]).sum()))
+
     def _nonfinite_parameter(self) -> str | None:
         for name, f in self.proposal.families.items():
             if f is not None and any(not torch.isfinite(v).all() for v in f.raw.values()):
@@ -188,6 +196,14 @@ class Fitter:
             if not torch.isfinite(v).all():
                 return f"parameter {arg!r} of node {node!r}"
         return None
+
+    def _snapshot(self):
+        """Q's and the parameters' tensors now, in state_dict form. Only those an optimizer
+        updates in place are copied: a QEM update replaces Q's tensors by new ones."""
+        keep = lambda v: v.detach().clone() if v.requires_grad else v
+        q = {n: None if f is None else {"raw": {k: keep(v) for k, v in f.raw.items()}}
+             for n, f in self.proposal.families.items()}
+        return q, {k: keep(v) for k, v in self.params.items()}
 
     def _restore(self, saved) -> None:
         q, params = saved

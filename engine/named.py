@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)   # not frozen: a frozen dataclass's __init__ costs ~1 us, and it is made ~20 times an iteration
 class Named:
     t: torch.Tensor
     dims: tuple[str, ...]
@@ -27,24 +27,49 @@ class Named:
 
     def align(self, dims: tuple[str, ...], event_rank: int) -> torch.Tensor:
         """View with batch dims `dims` (size 1 where absent) and `event_rank` event dims."""
-        missing = [d for d in self.dims if d not in dims]
-        if missing:
-            raise ValueError(f"cannot align dims {self.dims} to {dims}")
         t = self.t
-        order = [self.dims.index(d) for d in dims if d in self.dims]
-        n_ev = t.dim() - len(self.dims)
-        if order != sorted(order):
-            t = t.permute(*order, *range(len(self.dims), t.dim()))
-        shape, it = [], iter(t.shape[: len(order)])
-        for d in dims:
-            shape.append(next(it) if d in self.dims else 1)
-        shape += [1] * (event_rank - n_ev) + list(t.shape[len(order):])
-        return t.reshape(shape)
+        key = (self.dims, dims, event_rank, t.dim())
+        layout = _LAYOUTS.get(key)
+        if layout is None:
+            layout = _LAYOUTS[key] = _layout(self.dims, dims, event_rank, t.dim())
+        order, shape = layout
+        if order is not None:
+            t = t.permute(order)
+        return t.reshape([1 if i is None else t.shape[i] for i in shape])
 
     def expand_to(self, dims: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor:
         """Aligned to `dims` and expanded (a view) to their full sizes."""
         t = self.align(dims, len(self.event_shape))
         return t.expand(tuple(sizes[d] for d in dims) + self.event_shape)
+
+
+@dataclass(slots=True)
+class Constant(Named):
+    """A number written in the model (an argument, or a literal in an expression): its
+    0-d tensor, and its value for arithmetic that needs no tensor pass."""
+    value: float = 0.0
+
+
+_LAYOUTS: dict = {}   # align's permutation and target shape, by (dims, target dims, event rank, ndim)
+
+
+def _layout(have: tuple[str, ...], dims: tuple[str, ...], event_rank: int, ndim: int):
+    """(permutation or None, target shape as source axes, None for a new axis of size 1)."""
+    missing = [d for d in have if d not in dims]
+    if missing:
+        raise ValueError(f"cannot align dims {have} to {dims}")
+    order = [have.index(d) for d in dims if d in have]
+    n_ev = ndim - len(have)
+    perm = None if order == sorted(order) else (*order, *range(len(have), ndim))
+    shape, pos = [], 0
+    for d in dims:
+        if d in have:
+            shape.append(pos)
+            pos += 1
+        else:
+            shape.append(None)
+    shape += [None] * (event_rank - n_ev) + list(range(len(have), ndim))
+    return perm, tuple(shape)
 
 
 def union_dims(items, rank: dict[str, int]) -> tuple[str, ...]:

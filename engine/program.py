@@ -22,7 +22,7 @@ from .dists import build, event_sum, fast_log_prob, get_spec, support_fill
 from .errors import ModelError
 from .expr import Env
 from .model import Model, Node, Param
-from .named import Named
+from .named import Constant, Named
 from .proposal import Proposal, check_family, default_family
 
 
@@ -75,6 +75,7 @@ class Program:
         self.rank = {"draw": -1, **{d: i for i, d in enumerate(kdims)},
                      **{p: len(kdims) + j for j, p in enumerate(plate_order)}}
         self.exprs = {n.name: n.exprs() for n in self.nodes}
+        self.mentions = {k: sorted(set().union(*[e.names for e in v.values()])) for k, v in self.exprs.items()}
         self.params = params if params is not None else {}
         for n in self.nodes:
             for a, v in n.args.items():
@@ -82,6 +83,8 @@ class Program:
                     self.params[(n.name, a)] = torch.tensor(v.init, dtype=self.dtype, device=self.device,
                                                             requires_grad=True)
         self._data: dict = {}
+        self._constants: dict = {}
+        self._layouts: dict = {}
         self._observed = {n.name: self._observed_value(n) for n in self.nodes if n.kind == "observed"}
         self._checked = False
         self.proposal = self._resolve_proposal(proposal)
@@ -201,7 +204,7 @@ class Program:
         """Values of what `node` mentions. In sampling mode (kd given) every latent parent
         on another K-dim is re-indexed into kd by its permutation."""
         env = {}
-        for name in set().union(*[e.names for e in self.exprs[node.name].values()]):
+        for name in self.mentions[node.name]:
             if name in values:
                 v = values[name]
                 if kd is not None and name in self.kdim and self.kdim[name] != kd:
@@ -246,10 +249,23 @@ class Program:
             elif isinstance(v, Param):
                 out[a] = Named(self.params[(node.name, a)], ())
             else:
-                out[a] = Named(torch.tensor(v, dtype=self.dtype, device=self.device), ())
+                key = (node.name, a)
+                if key not in self._constants:
+                    t = torch.tensor(v, dtype=self.dtype, device=self.device)
+                    self._constants[key] = Constant(t, (), float(v)) if t.dim() == 0 else Named(t, ())
+                out[a] = self._constants[key]
         return out
 
-    def _dist(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
+    def _layout(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
+        """The spec, the batch dims of node's distribution (`dims` and its arguments'), and
+        how many trailing batch dims are event dims of its value (a latent of shape [18]).
+        Fixed by the structure, so worked out once per node and layout of its inputs."""
+        key = (node.name, dims, *[(a, v.dims, v.t.dim()) for a, v in args.items()])
+        if key not in self._layouts:
+            self._layouts[key] = self._work_out_layout(node, args, dims)
+        return self._layouts[key]
+
+    def _work_out_layout(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
         spec = get_spec(node.dist, node.where())
         if node.shape is not None:
             n_extra = len(node.shape) - spec.value_rank
@@ -258,6 +274,10 @@ class Program:
         else:
             n_extra = max([len(v.event_shape) - spec.arg_rank.get(a, 0) for a, v in args.items()] + [0])
         dims = tuple(sorted(set(dims).union(*[v.dims for v in args.values()]), key=self.rank.get))
+        return spec, dims, n_extra
+
+    def _dist(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
+        spec, dims, n_extra = self._layout(node, args, dims)
         return build(spec, args, dims, n_extra, node.where()), dims, n_extra
 
     def _draw(self, seed: int, reparam: bool) -> dict[str, Named]:
@@ -308,14 +328,16 @@ class Program:
             mask = None if mask is None else self._narrow(Named(mask, value.dims)).t
         else:
             value, mask = values[node.name], None
-        d, dims, n_extra = self._dist(node, args, value.dims)
-        spec = get_spec(node.dist, node.where())
+        spec, dims, n_extra = self._layout(node, args, value.dims)
         v = value.align(dims, n_extra + spec.value_rank)
+        d = None if self._checked else build(spec, args, dims, n_extra, node.where())   # validates, once
         if node.kind == "observed" and not self._checked:
             self._check_support(node, d, v, dims, mask)
         try:
             lp = fast_log_prob(spec, args, dims, n_extra, v)
             if lp is None:
+                if d is None:
+                    d = build(spec, args, dims, n_extra, node.where())
                 lp = event_sum(d.log_prob(v), n_extra)
         except (RuntimeError, ValueError) as e:
             raise ModelError(f"{node.where()}: cannot score its value: {str(e).splitlines()[0]}") from None

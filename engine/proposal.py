@@ -8,6 +8,8 @@ the prior as proposal.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributions as D
 from torch.distributions import constraints
@@ -15,6 +17,7 @@ from torch.distributions import constraints
 from .errors import ModelError
 
 _EPS = 1e-6
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _inv_digamma(y: torch.Tensor, iters: int = 6) -> torch.Tensor:
@@ -95,6 +98,20 @@ class NormalQ(Family):
 
     def dist(self):
         return D.Normal(self.raw["loc"], torch.exp(self.raw["log_scale"]), validate_args=False)
+
+    # log_prob and sample by hand: the same values as dist()'s, without building a
+    # torch Distribution (and its argument broadcasting) twice per iteration
+    def log_prob(self, x):
+        loc, log_scale = self.raw["loc"], self.raw["log_scale"]
+        z = (x - loc) * torch.exp(-log_scale)
+        lp = torch.addcmul(-(log_scale + _HALF_LOG_2PI), z, z, value=-0.5)
+        return lp.sum(tuple(range(-self.n_extra, 0))) if self.n_extra else lp
+
+    def sample(self, K, reparam):
+        loc = self.raw["loc"]
+        eps = torch.randn((K, *loc.shape), dtype=loc.dtype, device=loc.device)
+        x = torch.addcmul(loc, torch.exp(self.raw["log_scale"]), eps)
+        return x if reparam else x.detach()
 
     def stats(self, x):
         return [x, x * x]

@@ -10,6 +10,8 @@ generative parents only, keeps the coupling between co-parents of an observation
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import ModelError
@@ -21,7 +23,8 @@ class Sample:
         self.program, self.values = program, values
         self.K = program.K
         self.log_p, self._trace, self.factors, self.sources = program.contract(values)
-        if not torch.isfinite(self.log_p):
+        self._log_marginal = float(self.log_p.detach())
+        if not math.isfinite(self._log_marginal):
             self._report_nonfinite()
         self._weights = None
 
@@ -39,7 +42,7 @@ class Sample:
     # ---- estimates -------------------------------------------------------------------
     def log_marginal(self) -> float:
         """log P_MP, the massively parallel estimate of log P(data)."""
-        return float(self.log_p.detach())
+        return self._log_marginal
 
     def _all_weights(self) -> dict[str, torch.Tensor]:
         if self._weights is None:

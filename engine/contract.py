@@ -204,17 +204,20 @@ def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[
     values of a summed index: [0, -200] and [-200, 0] give -inf, not -199.3), the step is
     redone in float64, and entries still -inf are recomputed exactly by a logsumexp over
     their own slices only, so a genuine zero stays -inf and nothing is broadcast whole."""
-    full = set().union(*[x.dims for x in ins])
-    big = next((x for x in ins if len(x.dims) == len(full)), None)
-    if big is not None:
+    key = (tuple(x.dims for x in ins), removed, out_dims)
+    if key not in _BROADCAST:
+        _BROADCAST[key] = _broadcast_layout(*key)
+    layout = _BROADCAST[key]
+    if layout is not None:
+        b, axes, perm = layout
+        big = ins[b]
         total = big.t
-        for x in ins:
-            if x is not big:
+        for i, x in enumerate(ins):
+            if i != b:
                 total = total + x.align(big.dims, 0)
-        if removed:
-            total = _LogSumExp.apply(total, tuple(big.dims.index(d) for d in removed))
-        kept = [d for d in big.dims if d not in removed]
-        return Named(total.permute(tuple(kept.index(d) for d in out_dims)), out_dims)
+        if axes:
+            total = _logsumexp(total, axes)
+        return Named(total.permute(perm), out_dims)
     prod, shifts = _exp_einsum(ins, removed, out_dims, eq, None)
     if _has_zero(prod) and prod.dtype == torch.float32:
         prod, shifts = _exp_einsum(ins, removed, out_dims, eq, torch.float64)
@@ -227,22 +230,30 @@ def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[
     return Named(res.to(ins[0].t.dtype), out_dims)
 
 
-class _LogSumExp(torch.autograd.Function):
-    """torch.logsumexp over `dims`, whose gradient is 0 rather than NaN on a slice that is
-    -inf throughout (particles of zero probability under every value of the summed
-    indices): torch's own backward takes exp(-inf - -inf) there."""
+_BROADCAST: dict = {}   # _broadcast_layout by (operands' dims, summed dims, output dims)
 
-    @staticmethod
-    def forward(ctx, x, dims):
-        r = torch.logsumexp(x, dims, keepdim=True)
-        ctx.save_for_backward(x, r)
-        return r.squeeze(dims)
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, r = ctx.saved_tensors
-        r = r.masked_fill(r == -math.inf, 0.0)
-        return grad.reshape(r.shape) * torch.exp(x - r), None
+def _broadcast_layout(in_dims, removed, out_dims):
+    """For a step with an operand that holds every index: (that operand, the axes to sum
+    out of it, the permutation of what is left to `out_dims`); else None."""
+    full = set().union(*in_dims)
+    b = next((i for i, d in enumerate(in_dims) if len(d) == len(full)), None)
+    if b is None:
+        return None
+    kept = [d for d in in_dims[b] if d not in removed]
+    return b, tuple(in_dims[b].index(d) for d in removed), tuple(kept.index(d) for d in out_dims)
+
+
+def _logsumexp(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """torch.logsumexp, whose gradient is 0 rather than NaN on a slice that is -inf
+    throughout (particles of zero probability under every value of the summed indices):
+    torch's backward takes exp(-inf - -inf) there, so such slices are summed as zeros
+    and set to -inf afterwards."""
+    r = torch.logsumexp(x, axes, keepdim=True)
+    dead = torch.isneginf(r)
+    if bool(dead.any()):
+        r = torch.where(dead, -math.inf, torch.logsumexp(x.masked_fill(dead, 0.0), axes, keepdim=True))
+    return r.squeeze(axes)
 
 
 def _has_zero(prod: torch.Tensor) -> bool:

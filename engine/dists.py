@@ -134,7 +134,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra: int,
-                  value: torch.Tensor) -> torch.Tensor | None:
+                  value: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor | None:
     """log_prob summed over the `n_extra` event dims without torch.distributions'
     broadcast_all, for the distributions that make the largest factors; None for the rest.
 
@@ -143,7 +143,8 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
     - const), over loc and scale already expanded to the full shape; here it is
     (x - loc) / scale and one fused pass (addcmul) or, with event dims, one reduction
     (vector_norm) before anything small is added. A scale written as a number costs no
-    tensor pass at all. The same value to float rounding."""
+    tensor pass at all, and `offset` (a tensor over fewer dims, added to the result) joins
+    the small terms. The same value to float rounding."""
     if spec.name != "Normal":
         return None
     loc, scale = args["loc"], args["scale"]
@@ -152,7 +153,7 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
     if isinstance(scale, Constant) and scale.value > 0:
         if scale.value != 1:
             z = z / scale.value
-        log_norm = z.new_full((), -n * (math.log(scale.value) + _HALF_LOG_2PI))
+        log_norm = -n * (math.log(scale.value) + _HALF_LOG_2PI)
     else:
         scale = scale.align(dims, n_extra)
         z = z / scale
@@ -161,6 +162,9 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
             log_scale = log_scale.expand(*log_scale.shape[:log_scale.dim() - n_extra],
                                          *z.shape[z.dim() - n_extra:]).sum(tuple(range(-n_extra, 0)))
         log_norm = -(log_scale + n * _HALF_LOG_2PI)
+    small = log_norm if offset is None else offset + log_norm
+    if not isinstance(small, torch.Tensor):
+        small = z.new_full((), small)
     if not n_extra:
-        return torch.addcmul(log_norm, z, z, value=-0.5)
-    return log_norm - 0.5 * torch.linalg.vector_norm(z, 2, dim=tuple(range(-n_extra, 0))).square()
+        return torch.addcmul(small, z, z, value=-0.5)
+    return small - 0.5 * torch.linalg.vector_norm(z, 2, dim=tuple(range(-n_extra, 0))).square()

@@ -111,19 +111,21 @@ class Fitter:
                 self._restore(self._last_good)
             raise FitError(f"iteration {self.t}: {e}; kept the last good Q and parameters "
                            f"(from iteration {max(self.t - 1, 0)})") from None
-        elbo = s.log_p
         self._last_good = saved   # these parameters gave a finite ELBO
-        ess = {k: v.cpu().numpy() for k, v in s.ess().items()}   # one backward pass, kept for the updates
         q_params, model_params = self.proposal.parameters(), list(self.params.values())
+        # log P_MP's gradient for VI's Q and every method's model parameters comes from the
+        # backward pass that gives the weights; RWS's Q follows its wake loss instead
+        # (log P_MP depends on Q too, but RWS must not follow that gradient)
+        on_elbo = [p for p in (q_params if self.method == "vi" else []) + model_params if p.requires_grad]
+        updates = [(p, -g) for p, g in zip(on_elbo, s.gradients(on_elbo)) if g is not None]
+        ess = {k: v.cpu().numpy() for k, v in s.ess().items()}
         if self.method == "qem":
             self._qem(s)
-            self._gradient_step([(-elbo, model_params)])
         elif self.method in ("rws", "global"):
-            self._gradient_step([(self._wake_loss(s), q_params), (-elbo, model_params)])
-        elif self.method == "vi":
-            self._gradient_step([(-elbo, q_params + model_params)])
-        else:
-            self._gradient_step([(-elbo, model_params)])
+            on_wake = [p for p in q_params if p.requires_grad]
+            if on_wake:
+                updates += zip(on_wake, torch.autograd.grad(self._wake_loss(s), on_wake, allow_unused=True))
+        self._gradient_step(updates)
         bad = self._nonfinite_parameter() if not self._all_finite() else None
         if bad:
             self._restore(saved)
@@ -164,22 +166,14 @@ class Fitter:
                 loss = loss - (s.marginal_weights(name) * q.log_prob(s.values[name].t.detach())).sum()
         return loss
 
-    def _gradient_step(self, losses) -> None:
-        """One Adam step; each loss differentiates only its own parameters (log P_MP also
-        depends on Q, but RWS must not follow that gradient)."""
-        if self.optimizer is None:
+    def _gradient_step(self, updates) -> None:
+        """One Adam step on the (parameter, gradient of the loss) pairs."""
+        if self.optimizer is None or not updates:
             return
-        stepped = False
-        for loss, params in losses:
-            params = [p for p in params if p.requires_grad]
-            if not params or not loss.requires_grad:
-                continue
-            for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
-                p.grad = g
-            stepped = True
-        if stepped:
-            self.optimizer.step()
-            self.optimizer.zero_grad()
+        for p, g in updates:
+            p.grad = g
+        self.optimizer.step()
+        self.optimizer.zero_grad()
 
     def _all_finite(self) -> bool:
         """One reduction and one host sync: a NaN or inf anywhere makes the total non-finite

@@ -63,6 +63,7 @@ class Program:
         self.latents = [n.name for n in self.nodes if n.kind == "latent"]
         self.chain = {n.name: model.chain(n.plate) for n in self.nodes}
         self.kdim = {i: "K" if mode == "global" else f"K:{model.node(i).group or i}" for i in self.latents}
+        self.own = {i: (self.kdim[i], *self.chain[i]) for i in self.latents}   # a latent's particles' dims
         self.plate_sizes = {p.name: p.size for p in model.plates.values()}
         self.sizes = {**self.plate_sizes, **{d: self.K for d in self.kdim.values()}}
         kdims = list(dict.fromkeys(self.kdim[i] for i in self.latents))
@@ -75,6 +76,7 @@ class Program:
         self.rank = {"draw": -1, **{d: i for i, d in enumerate(kdims)},
                      **{p: len(kdims) + j for j, p in enumerate(plate_order)}}
         self.exprs = {n.name: n.exprs() for n in self.nodes}
+        self.specs = {n.name: get_spec(n.dist, n.where()) for n in self.nodes}
         self.mentions = {k: sorted(set().union(*[e.names for e in v.values()])) for k, v in self.exprs.items()}
         self.params = params if params is not None else {}
         for n in self.nodes:
@@ -231,7 +233,7 @@ class Program:
 
     def _args(self, node: Node, env: Env) -> dict[str, Named]:
         out = {}
-        spec = get_spec(node.dist, node.where())
+        spec = self.specs[node.name]
         for a in spec.args:
             if a in node.args:
                 v = node.args[a]
@@ -266,7 +268,7 @@ class Program:
         return self._layouts[key]
 
     def _work_out_layout(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
-        spec = get_spec(node.dist, node.where())
+        spec = self.specs[node.name]
         if node.shape is not None:
             n_extra = len(node.shape) - spec.value_rank
             if n_extra < 0:
@@ -283,27 +285,26 @@ class Program:
     def _draw(self, seed: int, reparam: bool) -> dict[str, Named]:
         """Sample every latent (K particles each), observed nodes take their data."""
         values: dict[str, Named] = {}
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            # Seed only the generators this program draws from: torch.manual_seed also queues
-            # lazy seeds for CUDA/XPU/MTIA, each capturing a Python traceback (~0.3 ms per
-            # iteration on a CPU-only machine). The same streams, bit for bit.
-            torch.default_generator.manual_seed(seed)
-            if self.device.type == "cuda":
-                idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
-                torch.cuda.default_generators[idx].manual_seed(seed)
+        # Seed only the generator this program draws from, and give it back its state after:
+        # torch.manual_seed also queues lazy seeds for CUDA/XPU/MTIA, each capturing a Python
+        # traceback (~0.3 ms per iteration on a CPU-only machine), and fork_rng copies every
+        # device's state. The same streams, bit for bit.
+        gen = torch.default_generator if self.device.type != "cuda" else torch.cuda.default_generators[
+            self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        state = gen.get_state()
+        gen.manual_seed(seed)
+        try:
             for node in self.nodes:
                 name = node.name
                 if node.kind == "observed":
                     values[name] = self._observed[name][0]
                     continue
-                kd, chain = self.kdim[name], self.chain[name]
-                target = (kd, *chain)
-                sizes = [self.sizes[d] for d in target]
                 q = self.proposal[name]
                 if q is not None:
-                    x = q.sample(self.K, reparam)
-                    values[name] = Named(x, target)
+                    values[name] = Named(q.sample(self.K, reparam), self.own[name])
                     continue
+                kd, chain, target = self.kdim[name], self.chain[name], self.own[name]
+                sizes = [self.sizes[d] for d in target]
                 perms = {p: torch.rand(sizes, device=self.device).argsort(0)
                          for p in self.model.parents(name) if p in self.kdim and self.kdim[p] != kd}
                 args = self._args(node, self._env(node, values, kd, perms))
@@ -318,9 +319,13 @@ class Program:
                     raise ModelError(f"{node.where()}: {node.dist} cannot be sampled by reparameterisation")
                 x = d.rsample() if reparam else d.sample()
                 values[name] = Named(x, target)
+        finally:
+            gen.set_state(state)
         return values
 
-    def _log_prob(self, node: Node, values: dict[str, Named]) -> Named:
+    def _log_prob(self, node: Node, values: dict[str, Named], offset: Named | None = None) -> Named:
+        """log P(node | its parents' particles), plus `offset` (a tensor over fewer dims:
+        a latent's -log Q and source term, added where it costs no full-size pass)."""
         args = self._args(node, self._env(node, values))
         if node.kind == "observed":
             value, mask = self._observed[node.name]
@@ -333,12 +338,14 @@ class Program:
         d = None if self._checked else build(spec, args, dims, n_extra, node.where())   # validates, once
         if node.kind == "observed" and not self._checked:
             self._check_support(node, d, v, dims, mask)
+        off = None if offset is None else offset.align(dims, 0)
         try:
-            lp = fast_log_prob(spec, args, dims, n_extra, v)
+            lp = fast_log_prob(spec, args, dims, n_extra, v, off)
             if lp is None:
                 if d is None:
                     d = build(spec, args, dims, n_extra, node.where())
                 lp = event_sum(d.log_prob(v), n_extra)
+                lp = lp if off is None else lp + off
         except (RuntimeError, ValueError) as e:
             raise ModelError(f"{node.where()}: cannot score its value: {str(e).splitlines()[0]}") from None
         if tuple(lp.shape[:len(dims)]) != tuple(lp.shape) or lp.dim() != len(dims):
@@ -374,30 +381,32 @@ class Program:
             raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} is outside "
                              f"the support of {node.dist}")
 
-    def factors(self, values: dict[str, Named], nodes=None) -> dict[str, Named]:
-        """The factor of every node (or of `nodes`), restricted to the current chunk."""
+    def factors(self, values: dict[str, Named], nodes=None, sources=None) -> dict[str, Named]:
+        """The factor of every node (or of `nodes`), restricted to the current chunk; with
+        `sources`, each latent's source term J_i is part of its factor."""
         sizes = self._sizes()
-        values = {k: self._narrow(v) for k, v in values.items()}
+        if self._window is not None:
+            values = {k: self._narrow(v) for k, v in values.items()}
         out = {}
         for node in self.nodes if nodes is None else nodes:
             name = node.name
             dims = self.factor_dims[name]
             if node.kind == "latent":
+                own = self.own[name]
+                j = None if sources is None else self._narrow(Named(sources[name], own))
                 q = self.proposal[name]
-                if q is None and set(dims) == {self.kdim[name], *self.chain[name]}:
+                if q is None and set(dims) == set(own):
                     # prior proposal with nothing to mix over: log P - log Q is exactly 0
-                    out[name] = Named(torch.zeros([sizes[d] for d in dims], dtype=self.dtype,
-                                                  device=self.device), dims)
-                    continue
-                lp = self._log_prob(node, values)
-                if q is None:
+                    lp = j if j is not None else \
+                        Named(torch.zeros([sizes[d] for d in own], dtype=self.dtype, device=self.device), own)
+                elif q is None:
+                    lp = self._log_prob(node, values)
                     mix = tuple(i for i, d in enumerate(lp.dims) if d in self.kdim.values() and d != self.kdim[name])
-                    logq = torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K)
-                    f = lp.t - logq
+                    f = lp.t - (torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K))
+                    lp = Named(f if j is None else f + j.align(lp.dims, 0), lp.dims)
                 else:
-                    logq = Named(q.log_prob(values[name].t), (self.kdim[name], *self.chain[name]))
-                    f = lp.t - logq.align(lp.dims, 0)
-                lp = Named(f, lp.dims)
+                    log_q = q.log_prob(values[name].t)
+                    lp = self._log_prob(node, values, Named(-log_q if j is None else j.t - log_q, own))
             else:
                 lp = self._log_prob(node, values)
             if lp.dims != dims:
@@ -411,15 +420,15 @@ class Program:
         Returns (log_p, trace, factors, sources). Split runs compute the plate `split`
         chunk by chunk under activation checkpointing, so only one chunk's tensors are
         alive at a time; their trace is recomputed when posterior draws ask for it."""
-        sources = {i: torch.zeros([self.sizes[d] for d in (self.kdim[i], *self.chain[i])], dtype=self.dtype,
-                                  device=self.device, requires_grad=True) for i in self.latents}
+        sources = {i: torch.zeros([self.sizes[d] for d in self.own[i]], dtype=self.dtype, device=self.device,
+                                  requires_grad=True) for i in self.latents}
         if self.split is None:
-            factors = self._with_sources(self.factors(values), sources)
+            factors = self.factors(values, None, sources)
             log_p, trace, _ = self.plan.contract(factors, self.sizes)
         else:
             plate, chunk = self.split
             outer = [n for n in self.nodes if plate not in self.chain[n.name]]
-            factors = self._with_sources(self.factors(values, outer), sources)
+            factors = self.factors(values, outer, sources)
             total = None
             for i in range(0, self.plate_sizes[plate], chunk):
                 j = min(i + chunk, self.plate_sizes[plate])
@@ -431,21 +440,13 @@ class Program:
         self._checked = True
         return log_p, trace, factors, sources
 
-    def _with_sources(self, factors, sources):
-        for i, j in sources.items():
-            if i in factors:
-                f = factors[i]
-                j = self._narrow(Named(j, (self.kdim[i], *self.chain[i])))
-                factors[i] = Named(f.t + j.align(f.dims, 0), f.dims)
-        return factors
-
     def _chunk(self, values, sources, i, j, trace=False):
         """The outputs of the levels inside the split plate, for its elements i..j-1."""
         plate, _ = self.split
         self._window = (plate, i, j)
         try:
             inner = [n for n in self.nodes if plate in self.chain[n.name]]
-            factors = self._with_sources(self.factors(values, inner), sources)
+            factors = self.factors(values, inner, sources)
             _, tr, vals = self.plan.contract(factors, self._sizes(), self.inner_levels)
         finally:
             self._window = None

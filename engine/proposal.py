@@ -117,7 +117,8 @@ class NormalQ(Family):
         return [x, x * x]
 
     def set_moments(self, m):
-        var = (m[1] - m[0] ** 2).clamp_min(_EPS * (1 + m[0] ** 2))
+        sq = m[0] * m[0]
+        var = (m[1] - sq).clamp_min(_EPS * (1 + sq))
         self.raw = {"loc": m[0].clone(), "log_scale": 0.5 * torch.log(var)}
 
 

@@ -44,13 +44,22 @@ class Sample:
         """log P_MP, the massively parallel estimate of log P(data)."""
         return self._log_marginal
 
+    def gradients(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """d log P_MP / d params, from the backward pass that also gives the weights (when
+        they are not known yet): one pass over the contraction for both."""
+        names = list(self.sources) if self._weights is None else []
+        inputs = [self.sources[n] for n in names] + list(params)
+        if not inputs:
+            return []
+        grads = torch.autograd.grad(self.log_p, inputs, retain_graph=True, allow_unused=True)
+        if names:
+            self._weights = {n: torch.zeros_like(self.sources[n]) if g is None else g.detach()
+                             for n, g in zip(names, grads)}
+        return list(grads[len(names):])   # None for a parameter log P_MP does not depend on
+
     def _all_weights(self) -> dict[str, torch.Tensor]:
         if self._weights is None:
-            names = list(self.sources)
-            grads = torch.autograd.grad(self.log_p, [self.sources[n] for n in names], retain_graph=True,
-                                        allow_unused=True)
-            self._weights = {n: (g if g is not None else torch.zeros_like(self.sources[n])).detach()
-                             for n, g in zip(names, grads)}
+            self.gradients([])
         return self._weights
 
     def _latent(self, name: str) -> str:
@@ -101,7 +110,7 @@ class Sample:
         if name is None:
             return {n: self.ess(n) for n in self.sources}
         w = self.marginal_weights(name)
-        return 1.0 / (w * w).sum(0)
+        return (w * w).sum(0).reciprocal()
 
     def einsum_path(self) -> list[dict]:
         return self.program.plan.describe()

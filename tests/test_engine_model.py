@@ -196,6 +196,15 @@ def test_logspace_einsum_survives_maxima_at_different_indices():
     e = Named(torch.tensor([0.0, -math.inf]), ("k",))   # a genuine zero stays zero
     f = Named(torch.tensor([-math.inf, 0.0]), ("k",))
     assert float(logspace_einsum([e, f], ("k",), (), "a,a->").t) == -math.inf
+    # the same in a chain step 'ik,kj->ij' (no operand holds every index: an einsum of
+    # shifted exponentials, redone in float64, then exactly for what still underflows)
+    for gap, tol in ((200.0, 1e-4), (2000.0, 1e-3), (math.inf, 0)):
+        a = Named(torch.tensor([[0.0, -gap], [0.0, 0.0]]), ("i", "k"))
+        b = Named(torch.tensor([[-gap], [0.0]]), ("k", "j"))
+        out = logspace_einsum([a, b], ("k",), ("i", "j"), "ik,kj->ij").t
+        assert out.dtype == torch.float32 and out.shape == (2, 1)
+        assert float(out[1, 0]) == pytest.approx(math.log(1 + math.exp(-gap)), abs=1e-6)
+        assert float(out[0, 0]) == (-math.inf if gap == math.inf else pytest.approx(-gap + math.log(2), abs=tol))
 
 
 def test_einsum_plans_are_cached_and_described():
@@ -301,3 +310,30 @@ def test_index_data_out_of_range_is_an_error():
     m.set_data("group", [0, 2, 1])
     with pytest.raises(ModelError, match=r"node 'y', argument 'loc': index data in 'alpha\[group\]' must lie in 0..1"):
         m.sample(K=4)
+
+
+def test_particles_of_zero_probability_get_weight_zero_not_nan():
+    """theta ~ U(0, 2), z_g ~ U(0, theta) with a Beta Q for z: a theta particle below every z
+    particle of a group makes that group's whole slice -inf. log P_MP and the weights must be
+    the exact ones (brute force over the factors), and the dead particles' weight exactly 0:
+    torch's own logsumexp backward gives NaN for such a slice."""
+    m = Model.from_dict({
+        "format": "kn-model/1", "name": "dead", "plates": [{"name": "g", "size": 3}],
+        "nodes": [{"name": "theta", "kind": "latent", "dist": "Uniform", "args": {"low": 0, "high": 2}},
+                  {"name": "z", "kind": "latent", "dist": "Uniform", "args": {"low": 0, "high": "theta"},
+                   "plate": "g"},
+                  {"name": "x", "kind": "observed", "dist": "Normal", "args": {"loc": "z", "scale": 0.5},
+                   "plate": "g"}],
+        "data": {"x": [0.3, 0.5, 0.9]}, "proposal": {"z": {"dist": "Beta"}}})
+    for dtype in ("float64", "float32"):
+        s = m.sample(K=6, seed=17, dtype=dtype, proposal="q")
+        f = {k: v.t.detach().double() for k, v in s.factors.items()}   # (K:theta), (K:theta, K:z, g), (K:z, g)
+        inner = torch.logsumexp(f["z"] + f["x"][None], 1) - math.log(6)
+        joint = f["theta"] + inner.sum(-1)
+        dead = torch.isneginf(joint)
+        assert 1 <= int(dead.sum()) < 6   # the case under test: some particles dead, not all
+        assert s.log_marginal() == pytest.approx(float(torch.logsumexp(joint, 0) - math.log(6)), abs=1e-5)
+        w = s.marginal_weights("theta").double()
+        assert torch.isfinite(w).all() and torch.all(w[dead] == 0)
+        torch.testing.assert_close(w, torch.softmax(joint, 0), atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(s.marginal_weights("z")).all()

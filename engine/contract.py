@@ -217,7 +217,7 @@ def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[
                 total = total + x.align(big.dims, 0)
         if axes:
             total = _logsumexp(total, axes)
-        return Named(total.permute(perm), out_dims)
+        return Named(total if perm is None else total.permute(perm), out_dims)
     prod, shifts = _exp_einsum(ins, removed, out_dims, eq, None)
     if _has_zero(prod) and prod.dtype == torch.float32:
         prod, shifts = _exp_einsum(ins, removed, out_dims, eq, torch.float64)
@@ -235,13 +235,14 @@ _BROADCAST: dict = {}   # _broadcast_layout by (operands' dims, summed dims, out
 
 def _broadcast_layout(in_dims, removed, out_dims):
     """For a step with an operand that holds every index: (that operand, the axes to sum
-    out of it, the permutation of what is left to `out_dims`); else None."""
+    out of it, the permutation of what is left to `out_dims` or None); else None."""
     full = set().union(*in_dims)
     b = next((i for i, d in enumerate(in_dims) if len(d) == len(full)), None)
     if b is None:
         return None
     kept = [d for d in in_dims[b] if d not in removed]
-    return b, tuple(in_dims[b].index(d) for d in removed), tuple(kept.index(d) for d in out_dims)
+    perm = tuple(kept.index(d) for d in out_dims)
+    return b, tuple(in_dims[b].index(d) for d in removed), None if perm == tuple(sorted(perm)) else perm
 
 
 def _logsumexp(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:

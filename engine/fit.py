@@ -151,7 +151,8 @@ class Fitter:
                     continue
                 stats = q.stats(s.values[name].t.detach().double())
                 w = s.marginal_weights(name).double()
-                new = [(w.reshape(*w.shape, *[1] * (st.dim() - w.dim())) * st).sum(0) for st in stats]
+                new = [((w if st.dim() == w.dim() else w.reshape(*w.shape, *[1] * (st.dim() - w.dim()))) * st).sum(0)
+                       for st in stats]
                 old = self.moments.get(name, q.initial_moments)
                 m = new if old is None else [torch.lerp(o, n, eta) for o, n in zip(old, new)]
                 self.moments[name] = m

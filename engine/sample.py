@@ -23,7 +23,7 @@ class Sample:
         self.program, self.values = program, values
         self.K = program.K
         self.log_p, self._trace, self.factors, self.sources = program.contract(values)
-        self._log_marginal = float(self.log_p.detach())
+        self._log_marginal = self.log_p.item()
         if not math.isfinite(self._log_marginal):
             self._report_nonfinite()
         self._weights = None
@@ -53,8 +53,7 @@ class Sample:
             return []
         grads = torch.autograd.grad(self.log_p, inputs, retain_graph=True, allow_unused=True)
         if names:
-            self._weights = {n: torch.zeros_like(self.sources[n]) if g is None else g.detach()
-                             for n, g in zip(names, grads)}
+            self._weights = {n: torch.zeros_like(self.sources[n]) if g is None else g for n, g in zip(names, grads)}
         return list(grads[len(names):])   # None for a parameter log P_MP does not depend on
 
     def _all_weights(self) -> dict[str, torch.Tensor]:

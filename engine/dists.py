@@ -148,14 +148,17 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
     if spec.name != "Normal":
         return None
     loc, scale = args["loc"], args["scale"]
-    z = value if isinstance(loc, Constant) and loc.value == 0 else value - loc.align(dims, n_extra)
+    loc = None if isinstance(loc, Constant) and loc.value == 0 else loc.align(dims, n_extra)
+    scale = scale.value if isinstance(scale, Constant) and scale.value > 0 else scale.align(dims, n_extra)
+    if n_extra and _broadcast_grows([t for t in (value, loc, scale) if isinstance(t, torch.Tensor)], n_extra):
+        return _expanded_square(value, loc, scale, n_extra, offset)
+    z = value if loc is None else value - loc
     n = math.prod(z.shape[z.dim() - n_extra:]) if n_extra else 1   # entries summed per factor entry
-    if isinstance(scale, Constant) and scale.value > 0:
-        if scale.value != 1:
-            z = z / scale.value
-        log_norm = -n * (math.log(scale.value) + _HALF_LOG_2PI)
+    if not isinstance(scale, torch.Tensor):
+        if scale != 1:
+            z = z / scale
+        log_norm = -n * (math.log(scale) + _HALF_LOG_2PI)
     else:
-        scale = scale.align(dims, n_extra)
         z = z / scale
         log_scale = torch.log(scale)
         if n_extra:
@@ -168,3 +171,43 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
     if not n_extra:
         return torch.addcmul(small, z, z, value=-0.5)
     return small - 0.5 * torch.linalg.vector_norm(z, 2, dim=tuple(range(-n_extra, 0))).square()
+
+
+def _broadcast_grows(tensors: list[torch.Tensor], n_extra: int) -> bool:
+    """Whether value, loc and scale span batch dims that none of them spans alone (a vector
+    z_u over K:z whose loc and scale come from latents on other K-dims), so that
+    (value - loc) / scale would be larger than any of them, times the event size."""
+    batch = [t.shape[:t.dim() - n_extra] for t in tensors]
+    return math.prod(torch.broadcast_shapes(*batch)) > max(math.prod(b) for b in batch)
+
+
+def _expanded_square(value: torch.Tensor, loc: torch.Tensor | None, scale, n_extra: int, offset) -> torch.Tensor:
+    """The vector Normal's log-density summed over its event dims, without the broadcast
+    of value, loc and scale over every batch dim times the event size (MovieLens's z at
+    K=30: 145 million entries for an 8-million-entry factor): with p = 1/scale^2,
+        sum_d (v - l)^2 p = sum_d v^2 p - 2 sum_d v l p + sum_d l^2 p,
+    each term an einsum over the event dims that holds no more than its own output.
+    Computed in float64, so the cancellation in the expanded square costs nothing in the
+    float32 result. `scale` is a tensor, or a positive number."""
+    event = value.shape[value.dim() - n_extra:]
+
+    def flat(t):   # the event dims expanded to the value's and flattened into one
+        t = t.expand(*t.shape[:t.dim() - n_extra], *event)
+        return t.reshape(*t.shape[:t.dim() - n_extra], -1).double()
+    v = flat(value)
+    n = v.shape[-1]
+    if isinstance(scale, torch.Tensor):
+        s = flat(scale)
+        p, log_det = s.pow(-2), torch.log(s).sum(-1)
+    else:
+        p, log_det = None, n * math.log(scale)
+
+    def weighted(*ts):   # sum_d prod(ts) p
+        eq = ",".join("...d" for _ in ts)
+        return torch.einsum(eq + ",...d->...", *ts, p) if p is not None else torch.einsum(eq + "->...", *ts) / scale ** 2
+    quad = weighted(v, v)
+    if loc is not None:   # in place on the one tensor over every batch dim
+        l = flat(loc)
+        quad = weighted(v, l).mul_(-2).add_(quad).add_(weighted(l, l))
+    lp = quad.mul_(-0.5).sub_(log_det + n * _HALF_LOG_2PI).to(value.dtype)
+    return lp if offset is None else lp + offset

@@ -91,6 +91,7 @@ class Program:
         self._checked = False
         self.proposal = self._resolve_proposal(proposal)
         self.factor_dims = {n.name: self._factor_dims(n) for n in self.nodes}
+        self._expanded = {n.name: self._expands(n) for n in self.nodes}
         home = {d: None for d in kdims} if mode == "global" else \
             {self.kdim[i]: model.node(i).plate for i in self.latents}
         self.plan = Plan(self.factor_dims, home, {p.name: p.parent for p in model.plates.values()},
@@ -110,6 +111,23 @@ class Program:
             if p in self.kdim:
                 dims.add(self.kdim[p])
         return tuple(sorted(dims, key=self.rank.get))
+
+    def _expands(self, node: Node) -> bool:
+        """Whether node's log-density is a vector Normal whose value, loc and scale span
+        different batch dims, so that dists.fast_log_prob expands the square."""
+        if node.dist != "Normal" or math.prod(node.shape or ()) <= 1:
+            return False
+
+        def dims_of(name):
+            if name in self.own:
+                return set(self.own[name])
+            return set(self.chain[name] if name in self._observed else self.data(name, node).dims)
+        spans = [set(self.own.get(node.name, self.chain[node.name]))]
+        for a in ("loc", "scale"):
+            e = self.exprs[node.name].get(a)
+            spans.append(set().union(*[dims_of(x) for x in e.names]) if e else set())
+        size = lambda dims: math.prod(self.sizes[d] for d in dims)
+        return size(set().union(*spans)) > max(size(d) for d in spans)
 
     def _resolve_proposal(self, proposal) -> Proposal:
         if isinstance(proposal, Proposal):
@@ -514,8 +532,9 @@ class Program:
         elem = torch.finfo(self.dtype).bits // 8
         sizes = {**self.sizes, **(override or {})}
         size = lambda dims: math.prod(sizes[d] for d in dims)
-        # each factor, and a latent's log-density before its event dims are summed out
-        n = sum(size(dims) * (1 + math.prod(self.model.node(name).shape or ()))
+        # each factor, and a node's log-density before its event dims are summed out (or,
+        # for a vector Normal by its expanded square, that term in float64 and its cast)
+        n = sum(size(dims) * (3 if self._expanded[name] else 1 + math.prod(self.model.node(name).shape or ()))
                 for name, dims in self.factor_dims.items())
         for level in self.plan.levels:
             for comp in level.components:

@@ -337,3 +337,29 @@ def test_particles_of_zero_probability_get_weight_zero_not_nan():
         assert torch.isfinite(w).all() and torch.all(w[dead] == 0)
         torch.testing.assert_close(w, torch.softmax(joint, 0), atol=1e-5, rtol=1e-5)
         assert torch.isfinite(s.marginal_weights("z")).all()
+
+
+def test_vector_normal_over_three_k_dims_matches_the_direct_log_density():
+    """z_u ~ N(mu, exp(psi)) with mu, psi and z on three K-dims: the factor is computed by
+    the expanded square (never broadcasting all three times the event size) and must
+    equal torch's Normal log-density summed over the 5 event entries, to float32 rounding;
+    so must its gradient."""
+    m = Model("vector")
+    m.add_plate("users", 7)
+    m.add_node("mu", "latent", "Normal", {"loc": 0.0, "scale": 3.0}, shape=[5])
+    m.add_node("psi", "latent", "Normal", {"loc": 0.0, "scale": 1.0}, shape=[5])
+    m.add_node("z", "latent", "Normal", {"loc": "mu", "scale": "exp(psi)"}, plate="users", shape=[5])
+    m.add_node("y", "observed", "Normal", {"loc": "sum(z)", "scale": 1.0}, plate="users")
+    m.set_data("y", np.linspace(-2, 2, 7).astype(np.float32))
+    prog = m.compile(K=4, device="cpu")
+    assert prog._expanded == {"mu": False, "psi": False, "z": True, "y": False}
+    values = prog._draw(3, reparam=False)
+    values["mu"] = Named(values["mu"].t.requires_grad_(), values["mu"].dims)
+    lp = prog._log_prob(prog.model.node("z"), values)
+    assert lp.dims == ("K:mu", "K:psi", "K:z", "users")
+    mu, psi, z = (values[n].t.double() for n in ("mu", "psi", "z"))
+    direct = torch.distributions.Normal(mu[:, None, None, None], psi.exp()[None, :, None, None]) \
+        .log_prob(z[None, None]).sum(-1)
+    torch.testing.assert_close(lp.t.double(), direct, atol=1e-4, rtol=1e-5)
+    g = torch.autograd.grad(lp.t.sum(), values["mu"].t)[0].double()
+    torch.testing.assert_close(g, torch.autograd.grad(direct.sum(), values["mu"].t)[0].double(), atol=1e-3, rtol=1e-4)

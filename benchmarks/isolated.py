@@ -22,7 +22,8 @@ def fit(cfg: dict) -> dict:
         torch.set_num_threads(int(cfg["threads"]))
     device = resolve_device(cfg.get("device", "cpu"))
     model = getattr(models, cfg["model"])(**cfg.get("model_kwargs", {}))
-    f = Fitter(model, cfg.get("method", "qem"), K=int(cfg["K"]), seed=int(cfg.get("seed", 0)), device=device)
+    f = Fitter(model, cfg.get("method", "qem"), K=int(cfg["K"]), seed=int(cfg.get("seed", 0)), device=device,
+               memory_budget=cfg.get("memory_budget"))
     for _ in range(int(cfg.get("warmup", 2))):
         f.step()
     mem = PeakMemory(device)
@@ -36,7 +37,8 @@ def fit(cfg: dict) -> dict:
         times.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
     out = {"times": times, "cpu_times": cpu, "elbo": f.history["elbo"][-1], **mem.stop()}
-    out["estimate_bytes"] = f.program.memory_estimate()
+    split = getattr(f.program, "split", None)
+    out["estimate_bytes"] = f.program.memory_estimate(dict([split]) if split else None)   # as run
     out["split"] = getattr(f.program, "split", None)   # (plate, chunk) when the engine chunked a plate to fit memory
     out["largest_factor_elements"] = max(
         int(torch.Size([f.program.sizes[d] for d in dims]).numel()) for dims in f.program.factor_dims.values())

@@ -423,6 +423,9 @@ class Program:
                     f = lp.t - (torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K))
                     lp = Named(f if j is None else f + j.align(lp.dims, 0), lp.dims)
                 else:
+                    if self._window is not None and self._window[0] in self.chain[name]:
+                        plate, i, k = self._window
+                        q = q.narrow(self.chain[name].index(plate), i, k)
                     log_q = q.log_prob(values[name].t)
                     lp = self._log_prob(node, values, Named(-log_q if j is None else j.t - log_q, own))
             else:

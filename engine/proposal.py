@@ -60,6 +60,11 @@ class Family:
         self.raw = raw
         self.event_shape = tuple(event_shape)   # full event shape of the latent's value
 
+    def narrow(self, axis: int, start: int, stop: int) -> "Family":
+        """The same Q for plate elements start..stop-1 of batch axis `axis` (a view: its
+        gradients reach this Q's parameters)."""
+        return type(self)({k: v.narrow(axis, start, stop - start) for k, v in self.raw.items()}, self.event_shape)
+
     @property
     def n_extra(self):
         return len(self.event_shape) - self.value_rank

@@ -250,15 +250,23 @@ def test_cli_info_and_fit(tmp_path):
 
 def test_split_runs_give_identical_results_and_impossible_ones_are_refused():
     """A memory budget below the plan's estimate splits a plate into chunks (computed
-    under checkpointing); estimates, weights and gradients do not change."""
+    under checkpointing); estimates, weights and gradients do not change, with the prior
+    as proposal or with Q (whose parameters are sliced per chunk)."""
     m = Model.load(ROOT / "assets/models/radon.json")
-    whole = m.compile(K=4, dtype="float64", proposal="prior")
-    split = m.compile(K=4, dtype="float64", proposal="prior", memory_budget=whole.memory_estimate() // 3)
-    assert whole.split is None and split.split is not None
-    a, b = whole.sample(5), split.sample(5)
-    assert a.log_marginal() == pytest.approx(b.log_marginal(), rel=1e-12)
-    for name in m.latents:
-        assert torch.allclose(a.marginal_weights(name), b.marginal_weights(name), atol=1e-10)
+    for proposal in ("q", "prior"):
+        whole = m.compile(K=4, dtype="float64", proposal=proposal)
+        split = m.compile(K=4, dtype="float64", proposal=whole.proposal if proposal == "q" else "prior",
+                          memory_budget=whole.memory_estimate() // 3)
+        assert whole.split is None and split.split is not None
+        params = whole.proposal.parameters()   # Q's (none for the prior), shared by both programs
+        for p in params:
+            p.requires_grad_()
+        a, b = whole.sample(5, reparam=bool(params)), split.sample(5, reparam=bool(params))
+        assert a.log_marginal() == pytest.approx(b.log_marginal(), rel=1e-12)
+        for name in m.latents:
+            assert torch.allclose(a.marginal_weights(name), b.marginal_weights(name), atol=1e-10)
+        for ga, gb in zip(a.gradients(params), b.gradients(params)):   # MP VI's, through chunks and Q's slices
+            assert torch.allclose(ga, gb, atol=1e-9)
     draws = b.posterior_samples(2000, seed=0)["a"]
     assert draws.shape == (2000, 85)
     assert torch.all((draws.mean(0) - b.mean("a")).abs() < 5 * b.sd("a") / math.sqrt(2000) + 1e-6)

@@ -296,6 +296,13 @@ class Program:
         dims = tuple(sorted(set(dims).union(*[v.dims for v in args.values()]), key=self.rank.get))
         return spec, dims, n_extra
 
+    def distribution(self, name: str, values: dict[str, Named]):
+        """Node `name`'s torch distribution given `values` (its parents' particles, as a
+        Sample holds them): (distribution, the names of its batch dims, how many trailing
+        batch dims are event dims of the node's declared shape)."""
+        node = self.model.node(name)
+        return self._dist(node, self._args(node, self._env(node, values)), ())
+
     def _dist(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
         spec, dims, n_extra = self._layout(node, args, dims)
         return build(spec, args, dims, n_extra, node.where()), dims, n_extra

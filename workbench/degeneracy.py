@@ -158,7 +158,6 @@ def proposal_log_density(sample, name: str, x: np.ndarray, element: tuple = ()) 
     uniformly over them (the engine's Q_MP)."""
     _check_latent(sample, name)
     prog = sample.program
-    node = prog.model.node(name)
     element = (element,) if isinstance(element, (int, np.integer)) else tuple(element)
     plates = prog.chain[name]
     if len(element) != len(plates):
@@ -172,8 +171,7 @@ def proposal_log_density(sample, name: str, x: np.ndarray, element: tuple = ()) 
             d = q.dist()
             lp = d.log_prob(xt.reshape(-1, *[1] * len(plates)))[(slice(None), *element)]
             return _np(lp)
-        args = prog._args(node, prog._env(node, sample.values))
-        d, dims, n_extra = prog._dist(node, args, ())
+        d, dims, n_extra = prog.distribution(name, sample.values)
         if n_extra or d.event_shape:
             raise ModelError(f"{name!r} is not scalar")
         shape = [prog.sizes[dd] for dd in dims]

@@ -186,9 +186,9 @@ def _expanded_square(value: torch.Tensor, loc: torch.Tensor | None, scale, n_ext
     of value, loc and scale over every batch dim times the event size (MovieLens's z at
     K=30: 145 million entries for an 8-million-entry factor): with p = 1/scale^2,
         sum_d (v - l)^2 p = sum_d v^2 p - 2 sum_d v l p + sum_d l^2 p,
-    each term an einsum over the event dims that holds no more than its own output.
-    Computed in float64, so the cancellation in the expanded square costs nothing in the
-    float32 result. `scale` is a tensor, or a positive number."""
+    each term an einsum over the event dims that holds no more than its own output. The
+    cancellation in the expanded square is kept small by centring v and l on loc's mean
+    and computing in float64. `scale` is a tensor, or a positive number."""
     event = value.shape[value.dim() - n_extra:]
 
     def flat(t):   # the event dims expanded to the value's and flattened into one
@@ -205,9 +205,12 @@ def _expanded_square(value: torch.Tensor, loc: torch.Tensor | None, scale, n_ext
     def weighted(*ts):   # sum_d prod(ts) p
         eq = ",".join("...d" for _ in ts)
         return torch.einsum(eq + ",...d->...", *ts, p) if p is not None else torch.einsum(eq + "->...", *ts) / scale ** 2
-    quad = weighted(v, v)
-    if loc is not None:   # in place on the one tensor over every batch dim
+    if loc is None:
+        quad = weighted(v, v)
+    else:   # centred on loc's mean first: v and l then differ by no more than the terms do
         l = flat(loc)
-        quad = weighted(v, l).mul_(-2).add_(quad).add_(weighted(l, l))
+        centre = l.detach().reshape(-1, n).mean(0)
+        v, l = v - centre, l - centre
+        quad = weighted(v, l).mul_(-2).add_(weighted(v, v)).add_(weighted(l, l))   # in place on the largest
     lp = quad.mul_(-0.5).sub_(log_det + n * _HALF_LOG_2PI).to(value.dtype)
     return lp if offset is None else lp + offset

@@ -59,6 +59,8 @@ class Program:
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        if self.device.type == "cuda":
+            torch.cuda.init()   # its generators exist only after CUDA's lazy initialisation
         self.nodes: list[Node] = model.nodes
         self.latents = [n.name for n in self.nodes if n.kind == "latent"]
         self.chain = {n.name: model.chain(n.plate) for n in self.nodes}
@@ -172,7 +174,7 @@ class Program:
             elif cls.discrete and not _integer_valued(x):
                 raise ModelError(f"proposal for {i!r}: {cls.name} needs integer values")
             f = cls(raw, v.event_shape)
-            f.initial_moments = [s.double().mean(0) for s in f.stats(x)]   # QEM starts its average here
+            f.initial_moments = [s.mean(0) for s in f.stats(x.double())]   # QEM starts its average here
             f.set_moments([m.to(self.dtype) for m in f.initial_moments])
             fams[i] = f
         return Proposal(fams)

@@ -371,3 +371,11 @@ def test_vector_normal_over_three_k_dims_matches_the_direct_log_density():
     torch.testing.assert_close(lp.t.double(), direct, atol=1e-4, rtol=1e-5)
     g = torch.autograd.grad(lp.t.sum(), values["mu"].t)[0].double()
     torch.testing.assert_close(g, torch.autograd.grad(direct.sum(), values["mu"].t)[0].double(), atol=1e-3, rtol=1e-4)
+    # far from the origin, in float64: the expanded square is centred, so nothing cancels
+    from engine.dists import _expanded_square
+    gen = torch.Generator().manual_seed(0)
+    loc = 1e8 + torch.randn(3, 1, 4, generator=gen, dtype=torch.float64)        # (K:mu, K:z, event)
+    value = 1e8 + torch.randn(1, 5, 4, generator=gen, dtype=torch.float64)
+    scale = 1e-3 * torch.rand(3, 1, 4, generator=gen, dtype=torch.float64) + 1e-3
+    exact = torch.distributions.Normal(loc, scale).log_prob(value).sum(-1)
+    torch.testing.assert_close(_expanded_square(value, loc, scale, 1, None), exact, rtol=1e-9, atol=1e-6)

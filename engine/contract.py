@@ -206,7 +206,7 @@ def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[
     their own slices only, so a genuine zero stays -inf and nothing is broadcast whole."""
     key = (tuple(x.dims for x in ins), removed, out_dims)
     if key not in _BROADCAST:
-        _BROADCAST[key] = _broadcast_layout(*key)
+        _BROADCAST[key] = broadcast_layout(*key)
     layout = _BROADCAST[key]
     if layout is not None:
         b, axes, perm = layout
@@ -230,10 +230,10 @@ def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[
     return Named(res.to(ins[0].t.dtype), out_dims)
 
 
-_BROADCAST: dict = {}   # _broadcast_layout by (operands' dims, summed dims, output dims)
+_BROADCAST: dict = {}   # broadcast_layout by (operands' dims, summed dims, output dims)
 
 
-def _broadcast_layout(in_dims, removed, out_dims):
+def broadcast_layout(in_dims, removed, out_dims):
     """For a step with an operand that holds every index: (that operand, the axes to sum
     out of it, the permutation of what is left to `out_dims` or None); else None."""
     full = set().union(*in_dims)

@@ -17,7 +17,7 @@ import torch
 from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
-from .contract import Plan
+from .contract import Plan, broadcast_layout
 from .dists import build, event_sum, fast_log_prob, get_spec, support_fill
 from .errors import ModelError
 from .expr import Env
@@ -539,8 +539,9 @@ class Program:
 
     def memory_estimate(self, override: dict | None = None) -> int:
         """Peak bytes of one sample and its backward pass, from the plan: the factors, and
-        for every step its exponentiated operands and result (kept for autograd), doubled
-        for their gradients. `override` changes plate sizes (a chunk of a split plate)."""
+        for every step its operands (exponentiated, or their broadcast sum for a logsumexp)
+        and result, kept for autograd, doubled for their gradients. `override` changes
+        plate sizes (a chunk of a split plate)."""
         elem = torch.finfo(self.dtype).bits // 8
         sizes = {**self.sizes, **(override or {})}
         size = lambda dims: math.prod(sizes[d] for d in dims)
@@ -552,6 +553,8 @@ class Program:
             for comp in level.components:
                 for st in comp.steps:
                     n += sum(size(dims) for dims in st.in_dims) + 2 * size(st.out_dims)
+                    if st.removed and broadcast_layout(st.in_dims, st.removed, st.out_dims):
+                        n += max(size(dims) for dims in st.in_dims)
         return 2 * n * elem
 
 

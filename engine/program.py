@@ -330,7 +330,7 @@ class Program:
                 if q is not None:
                     values[name] = Named(q.sample(self.K, reparam), self.own[name])
                     continue
-                kd, chain, target = self.kdim[name], self.chain[name], self.own[name]
+                kd, target = self.kdim[name], self.own[name]
                 sizes = [self.sizes[d] for d in target]
                 perms = {p: torch.rand(sizes, device=self.device).argsort(0)
                          for p in self.model.parents(name) if p in self.kdim and self.kdim[p] != kd}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import queue
 import threading
 import time
@@ -117,16 +116,6 @@ def remove_parent(node, parent: str) -> dict | None:
             return None
         args[a] = w
     return args
-
-
-def available_memory(device: str) -> int | None:
-    try:
-        import torch
-        if device in ("cuda", "auto") and torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info()[0])
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        return None
 
 
 def _in_ipython() -> bool:
@@ -706,7 +695,8 @@ class Workbench:
             f"**{'Global' if mode == 'global' else 'Massively parallel'} contraction at K = {K}** · naive "
             f"{int(summ['naive flops'].sum()):,} FLOPs vs optimised {int(summ['optimized flops'].sum()):,} · "
             f"largest intermediate {V.human_bytes(largest)} · memory for one sample and its backward pass "
-            f"about {V.human_bytes(mem)}")
+            f"about {V.human_bytes(mem)} (budget {V.human_bytes(prog.memory_budget)}"
+            + (f"; runs plate {prog.split[0]} in chunks of {prog.split[1]})" if prog.split else ")"))
         self.einsum_summary.object = summ
         self.einsum_steps.object = V.einsum_table(prog)
 
@@ -722,16 +712,10 @@ class Workbench:
             return False
         method, K, iters = METHOD_LABELS[self.method.value], int(self.K.value), int(self.iters.value)
         lr, seed, device = float(self.lr.value), int(self.seed.value), self.device.value
-        try:
-            prog = self.model.compile(K, mode="global" if method == "global" else "mp", device="cpu")
-            need, have = prog.memory_estimate(), available_memory(device)
+        try:   # the engine's memory planner: chunks a plate to fit, or says what to change
+            self.model.compile(K, mode="global" if method == "global" else "mp", device=device)
         except ModelError as e:
             self.alert(f"Cannot run: {e}")
-            return False
-        if have is not None and need > 0.8 * have:
-            self.alert(f"Out of memory: at K = {K} one sample needs about {V.human_bytes(need)} but only "
-                       f"{V.human_bytes(have)} is free. Lower K (see the Einsum path tab for the largest "
-                       f"intermediate).")
             return False
         label = f"{self.method.value} K={K} #{len(self.runs) + 1}"
         self.runs.append({"label": label, "elbo": [], "iteration": []})

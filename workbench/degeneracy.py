@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from engine import DISTRIBUTIONS, Model, ModelError
+from engine import Model, ModelError
 from .views import exact_pdf
 
 KHAT_THRESHOLD = 0.7     # Vehtari et al. (2024): above it, importance sampling is unreliable

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from engine.program import human_bytes  # noqa: F401  (the views' byte counts, as the engine prints them)
+
 OBSERVED_FILL = "#c8c8c8"
 DEGENERATE = "#d62728"
 HEALTHY = "#2ca02c"
@@ -352,14 +354,6 @@ def einsum_summary(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
                      "largest intermediate": d["largest_intermediate"],
                      "largest intermediate bytes": d["largest_intermediate"] * bytes_per_element})
     return pd.DataFrame(rows)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 # ---- ESS ------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ class Step:
     removed: tuple[str, ...]     # dims summed out at this step
     out_dims: tuple[str, ...]
     equation: str
+    layout: tuple | None = field(init=False)   # broadcast_layout of the step
+
+    def __post_init__(self):
+        self.layout = broadcast_layout(self.in_dims, self.removed, self.out_dims)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Component:
     out_dims: tuple[str, ...]    # before the plate sum
     steps: list[Step]
     info: object                 # opt_einsum PathInfo (None for a lone factor with nothing to sum)
+    log_k: float = 0.0           # n log K for the n K-dims summed out here
 
 
 @dataclass
@@ -90,8 +95,9 @@ class Plan:
         dims = sorted({d for n in names for d in dims_of[n]}, key=lambda d: self.rank[d])
         here = tuple(d for d in dims if d in local)
         out = tuple(d for d in dims if d not in local)
+        log_k = sum(math.log(self.sizes[d]) for d in here)
         if len(names) == 1 and not here:
-            return Component(names, here, out, [], None)
+            return Component(names, here, out, [], None, log_k)
         letter = {d: _LETTERS[i] for i, d in enumerate(dims)}
         operands = [dims_of[n] for n in names]
         eq = ",".join("".join(letter[d] for d in o) for o in operands) + "->" + "".join(letter[d] for d in out)
@@ -111,7 +117,7 @@ class Plan:
             seq = ",".join("".join(letter[d] for d in i) for i in ins) + "->" + "".join(letter[d] for d in o)
             steps.append(Step(tuple(pos), tuple(ins), removed, o, seq))
             work = rest + [o]
-        return Component(names, here, out, steps, info)
+        return Component(names, here, out, steps, info, log_k)
 
     # ---- running ------------------------------------------------------------------
     def contract(self, factors: dict[str, Named], sizes: dict[str, int], levels=None):
@@ -129,12 +135,12 @@ class Plan:
                     ins = [work[i] for i in st.inputs]
                     work = [w for i, w in enumerate(work) if i not in st.inputs]
                     steps.append(ins)
-                    work.append(logspace_einsum(ins, st.removed, st.out_dims, st.equation))
+                    work.append(logspace_einsum(ins, st))
                 (res,) = work
                 lvl_trace.append(steps)
                 # n log K comes off after the plate sum (times the plate size): the same value
                 # without a pass over, and a copy of, the level's largest tensor.
-                log_k = sum(math.log(sizes[d]) for d in comp.local)
+                log_k = comp.log_k
                 plate = level.plate
                 if plate is None:
                     t = res.t - log_k if log_k else res.t
@@ -193,8 +199,8 @@ def _components(names, dims_of, local):
     return list(groups.values())
 
 
-def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[str, ...], eq: str) -> Named:
-    """log einsum(exp(a), exp(b), ...).
+def logspace_einsum(ins: list[Named], step: Step) -> Named:
+    """log einsum(exp(a), exp(b), ...) for one step of a plan.
 
     When one operand holds every index of the step (a plate level's 'abc,bc->ac': a
     latent's factor and its children's message), that is a logsumexp of the operands'
@@ -204,12 +210,9 @@ def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[
     values of a summed index: [0, -200] and [-200, 0] give -inf, not -199.3), the step is
     redone in float64, and entries still -inf are recomputed exactly by a logsumexp over
     their own slices only, so a genuine zero stays -inf and nothing is broadcast whole."""
-    key = (tuple(x.dims for x in ins), removed, out_dims)
-    if key not in _BROADCAST:
-        _BROADCAST[key] = broadcast_layout(*key)
-    layout = _BROADCAST[key]
-    if layout is not None:
-        b, axes, perm = layout
+    removed, out_dims, eq = step.removed, step.out_dims, step.equation
+    if step.layout is not None:
+        b, axes, perm = step.layout
         big = ins[b]
         total = big.t
         for i, x in enumerate(ins):
@@ -219,18 +222,17 @@ def logspace_einsum(ins: list[Named], removed: tuple[str, ...], out_dims: tuple[
             total = _logsumexp(total, axes)
         return Named(total if perm is None else total.permute(perm), out_dims)
     prod, shifts = _exp_einsum(ins, removed, out_dims, eq, None)
-    if _has_zero(prod) and prod.dtype == torch.float32:
+    zero = _has_zero(prod)
+    if zero and prod.dtype == torch.float32:
         prod, shifts = _exp_einsum(ins, removed, out_dims, eq, torch.float64)
-    if _has_zero(prod):   # log of a safe value, so no 0 * inf reaches the einsum's gradient
+        zero = _has_zero(prod)
+    if zero:   # log of a safe value, so no 0 * inf reaches the einsum's gradient
         bad = prod == 0
         exact = _exact_entries(ins, removed, out_dims, bad).to(prod.dtype)
         res = torch.where(bad, exact, _add_shifts(torch.log(torch.where(bad, torch.ones_like(prod), prod)), shifts))
     else:
         res = _add_shifts(torch.log(prod), shifts)
     return Named(res.to(ins[0].t.dtype), out_dims)
-
-
-_BROADCAST: dict = {}   # broadcast_layout by (operands' dims, summed dims, output dims)
 
 
 def broadcast_layout(in_dims, removed, out_dims):

@@ -130,11 +130,12 @@ def event_sum(lp: torch.Tensor, n: int) -> torch.Tensor:
     return lp.sum(tuple(range(-n, 0))) if n else lp
 
 
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra: int,
-                  value: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor | None:
+                  value: torch.Tensor, offset: torch.Tensor | None = None,
+                  expand: bool = False) -> torch.Tensor | None:
     """log_prob summed over the `n_extra` event dims without torch.distributions'
     broadcast_all, for the distributions that make the largest factors; None for the rest.
 
@@ -144,41 +145,35 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
     (x - loc) / scale and one fused pass (addcmul) or, with event dims, one reduction
     (vector_norm) before anything small is added. A scale written as a number costs no
     tensor pass at all, and `offset` (a tensor over fewer dims, added to the result) joins
-    the small terms. The same value to float rounding."""
+    the small terms. `expand`: a vector Normal whose value, loc and scale span different
+    batch dims, summed by its expanded square (Program._expands decides, from the plan).
+    The same value to float rounding."""
     if spec.name != "Normal":
         return None
     loc, scale = args["loc"], args["scale"]
     loc = None if isinstance(loc, Constant) and loc.value == 0 else loc.align(dims, n_extra)
     scale = scale.value if isinstance(scale, Constant) and scale.value > 0 else scale.align(dims, n_extra)
-    if n_extra and _broadcast_grows([t for t in (value, loc, scale) if isinstance(t, torch.Tensor)], n_extra):
+    if expand and n_extra:
         return _expanded_square(value, loc, scale, n_extra, offset)
     z = value if loc is None else value - loc
     n = math.prod(z.shape[z.dim() - n_extra:]) if n_extra else 1   # entries summed per factor entry
     if not isinstance(scale, torch.Tensor):
         if scale != 1:
             z = z / scale
-        log_norm = -n * (math.log(scale) + _HALF_LOG_2PI)
+        log_norm = -n * (math.log(scale) + HALF_LOG_2PI)
     else:
         z = z / scale
         log_scale = torch.log(scale)
         if n_extra:
             log_scale = log_scale.expand(*log_scale.shape[:log_scale.dim() - n_extra],
                                          *z.shape[z.dim() - n_extra:]).sum(tuple(range(-n_extra, 0)))
-        log_norm = -(log_scale + n * _HALF_LOG_2PI)
+        log_norm = -(log_scale + n * HALF_LOG_2PI)
     small = log_norm if offset is None else offset + log_norm
     if not isinstance(small, torch.Tensor):
         small = z.new_full((), small)
     if not n_extra:
         return torch.addcmul(small, z, z, value=-0.5)
     return small - 0.5 * torch.linalg.vector_norm(z, 2, dim=tuple(range(-n_extra, 0))).square()
-
-
-def _broadcast_grows(tensors: list[torch.Tensor], n_extra: int) -> bool:
-    """Whether value, loc and scale span batch dims that none of them spans alone (a vector
-    z_u over K:z whose loc and scale come from latents on other K-dims), so that
-    (value - loc) / scale would be larger than any of them, times the event size."""
-    batch = [t.shape[:t.dim() - n_extra] for t in tensors]
-    return math.prod(torch.broadcast_shapes(*batch)) > max(math.prod(b) for b in batch)
 
 
 def _expanded_square(value: torch.Tensor, loc: torch.Tensor | None, scale, n_extra: int, offset) -> torch.Tensor:
@@ -212,5 +207,5 @@ def _expanded_square(value: torch.Tensor, loc: torch.Tensor | None, scale, n_ext
         centre = l.detach().reshape(-1, n).mean(0)
         v, l = v - centre, l - centre
         quad = weighted(v, l).mul_(-2).add_(weighted(v, v)).add_(weighted(l, l))   # in place on the largest
-    lp = quad.mul_(-0.5).sub_(log_det + n * _HALF_LOG_2PI).to(value.dtype)
+    lp = quad.mul_(-0.5).sub_(log_det + n * HALF_LOG_2PI).to(value.dtype)
     return lp if offset is None else lp + offset

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .errors import ModelError
-from .named import Constant, Named, broadcast
+from .named import Constant, Named, broadcast, union_dims
 
 
 def _sum(x, axis=-1):
@@ -85,7 +85,7 @@ class Expr:
         if isinstance(n, ast.BinOp):
             a, b = self._compile(n.left), self._compile(n.right)
             if isinstance(n.op, ast.MatMult):
-                return lambda env: _matmul(a(env), b(env), env.rank)
+                return lambda env: _matmul(a(env), b(env), env.rank, self)
             op = _BINOPS.get(type(n.op))
             if op is None:
                 raise self._bad(f"the operator {type(n.op).__name__}")
@@ -140,11 +140,12 @@ def _binary(op, a: Named, b: Named, rank) -> Named:
     return Named(op(ta, tb), dims)
 
 
-def _matmul(a: Named, b: Named, rank) -> Named:
+def _matmul(a: Named, b: Named, rank, expr: Expr) -> Named:
     ea, eb = len(a.event_shape), len(b.event_shape)
     if not (1 <= ea <= 2 and 1 <= eb <= 2):
-        raise ModelError(f"'@' needs vector or matrix operands, got event shapes {a.event_shape} and {b.event_shape}")
-    dims = tuple(sorted(set(a.dims) | set(b.dims), key=lambda d: rank[d]))
+        raise ModelError(f"{expr.where}: '@' needs vector or matrix operands, got event shapes {a.event_shape} and "
+                         f"{b.event_shape} in {expr.source!r}")
+    dims = union_dims([a, b], rank)
     eq = {(1, 1): "...i,...i->...", (2, 1): "...ij,...j->...i", (1, 2): "...i,...ij->...j",
           (2, 2): "...ij,...jk->...ik"}[(ea, eb)]
     # einsum contracts without materialising the broadcast product (a user vector of 18
@@ -186,7 +187,7 @@ def _index_data(x: Named, index: Named, rank, expr: Expr) -> Named:
         if index.t.numel() and (int(index.t.min()) < 0 or int(index.t.max()) >= n):
             raise ModelError(f"{expr.where}: index data in {expr.source!r} must lie in 0..{n - 1}")
         expr.checked_indices.add(key)
-    dims = tuple(sorted(set(x.dims) | set(index.dims), key=lambda d: rank[d]))
+    dims = union_dims([x, index], rank)
     rest = x.event_shape[1:]
     tx = x.align(dims, len(x.event_shape))
     ti = index.align(dims, 0)

@@ -25,7 +25,8 @@ import torch
 from .dists import DISTRIBUTIONS
 from .errors import ModelError
 from .program import Program
-from .proposal import Proposal
+from .proposal import FAMILIES, Proposal
+from .sample import weighted_sum
 
 METHODS = ("is", "qem", "rws", "vi", "global")
 
@@ -58,10 +59,9 @@ class Fitter:
         if method == "vi":
             self._check_continuous()
         mode = "global" if method == "global" else "mp"
-        base = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
-        proposal = "prior" if method == "is" else base.initial_proposal(seed=seed)
-        self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, proposal=proposal,
-                               params=base.params, memory_budget=memory_budget)
+        self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
+        if method != "is":   # the plan does not depend on the proposal: swap in Q
+            self.program.proposal = self.program.initial_proposal(seed=seed)
         self.proposal: Proposal = self.program.proposal
         self.params = self.program.params
         self.t = 0
@@ -80,7 +80,7 @@ class Fitter:
         for name in self.model.latents:
             node = self.model.node(name)
             fam = self.model.proposal.get(name, {}).get("dist")
-            if DISTRIBUTIONS[node.dist].discrete or fam in ("Bernoulli", "Categorical", "Poisson"):
+            if DISTRIBUTIONS[node.dist].discrete or (fam in FAMILIES and FAMILIES[fam].discrete):
                 raise ModelError(f"method 'vi' needs every latent continuous, but {name!r} is {node.dist} "
                                  f"(discrete): use qem or rws")
 
@@ -149,12 +149,9 @@ class Fitter:
                 q = self.proposal[name]
                 if q is None:
                     continue
-                stats = q.stats(s.values[name].t.detach().double())
                 w = s.marginal_weights(name).double()
-                new = [((w if st.dim() == w.dim() else w.reshape(*w.shape, *[1] * (st.dim() - w.dim()))) * st).sum(0)
-                       for st in stats]
-                old = self.moments.get(name, q.initial_moments)
-                m = new if old is None else [torch.lerp(o, n, eta) for o, n in zip(old, new)]
+                new = [weighted_sum(w, st) for st in q.stats(s.values[name].t.detach().double())]
+                m = [torch.lerp(o, n, eta) for o, n in zip(self.moments.get(name, q.initial_moments), new)]
                 self.moments[name] = m
                 q.set_moments([x.to(self.program.dtype) for x in m])
 

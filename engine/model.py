@@ -58,6 +58,11 @@ class Node:
         return set().union(*[e.names for e in self.exprs().values()])
 
 
+def _check_size(plate: str, size) -> None:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ModelError(f"plate {plate!r}: size must be a positive integer, got {size!r}")
+
+
 def _check_name(name, what):
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise ModelError(f"{what} name {name!r} must be a Python-style identifier")
@@ -79,8 +84,7 @@ class Model:
         _check_name(name, "plate")
         if name in self.plates:
             raise ModelError(f"plate {name!r} already exists")
-        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-            raise ModelError(f"plate {name!r}: size must be a positive integer, got {size!r}")
+        _check_size(name, size)
         if parent is not None and parent not in self.plates:
             raise ModelError(f"plate {name!r}: the enclosing plate {parent!r} does not exist")
         self.plates[name] = Plate(name, int(size), parent)
@@ -89,8 +93,7 @@ class Model:
     def resize_plate(self, name: str, size: int) -> "Model":
         if name not in self.plates:
             raise ModelError(f"no plate named {name!r}")
-        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-            raise ModelError(f"plate {name!r}: size must be a positive integer, got {size!r}")
+        _check_size(name, size)
         self.plates[name] = Plate(name, int(size), self.plates[name].parent)
         return self
 

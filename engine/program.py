@@ -17,7 +17,7 @@ import torch
 from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
-from .contract import Plan, broadcast_layout
+from .contract import Plan
 from .dists import build, event_sum, fast_log_prob, get_spec, support_fill
 from .errors import ModelError
 from .expr import Env
@@ -54,8 +54,6 @@ class Program:
             raise ModelError(f"K must be a positive integer, got {K!r}")
         if mode not in ("mp", "global"):
             raise ModelError(f"mode must be 'mp' or 'global', got {mode!r}")
-        if not model.graph.nodes:
-            raise ModelError("the model has no nodes")
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
@@ -66,6 +64,7 @@ class Program:
         self.chain = {n.name: model.chain(n.plate) for n in self.nodes}
         self.kdim = {i: "K" if mode == "global" else f"K:{model.node(i).group or i}" for i in self.latents}
         self.own = {i: (self.kdim[i], *self.chain[i]) for i in self.latents}   # a latent's particles' dims
+        self.latent_parents = {n.name: [p for p in model.parents(n.name) if p in self.kdim] for n in self.nodes}
         self.plate_sizes = {p.name: p.size for p in model.plates.values()}
         self.sizes = {**self.plate_sizes, **{d: self.K for d in self.kdim.values()}}
         kdims = list(dict.fromkeys(self.kdim[i] for i in self.latents))
@@ -104,19 +103,15 @@ class Program:
 
     # ---- structure -------------------------------------------------------------------
     def _factor_dims(self, node: Node) -> tuple[str, ...]:
-        dims = set(self.chain[node.name])
+        dims = set(self.chain[node.name]) | {self.kdim[p] for p in self.latent_parents[node.name]}
         if node.kind == "latent":
             dims.add(self.kdim[node.name])
-            if self.mode == "global" and self.proposal[node.name] is None:
-                return tuple(sorted(dims, key=self.rank.get))
-        for p in self.model.parents(node.name):
-            if p in self.kdim:
-                dims.add(self.kdim[p])
         return tuple(sorted(dims, key=self.rank.get))
 
     def _expands(self, node: Node) -> bool:
         """Whether node's log-density is a vector Normal whose value, loc and scale span
-        different batch dims, so that dists.fast_log_prob expands the square."""
+        different batch dims: dists.fast_log_prob then expands the square instead of
+        broadcasting all three times the event size (and the memory estimate knows)."""
         if node.dist != "Normal" or math.prod(node.shape or ()) <= 1:
             return False
 
@@ -157,7 +152,7 @@ class Program:
             node = self.model.node(i)
             choice = self.model.proposal.get(i, {}).get("dist")
             v = values[i]
-            spec = get_spec(node.dist, node.where())
+            spec = self.specs[i]
             if choice is None:
                 support = spec.cls.support
                 support = None if constraints.is_dependent(support) else support
@@ -169,7 +164,7 @@ class Program:
             x = v.expand_to(("K", *self.chain[i]), prior.sizes)
             raw = {}
             if cls.name == "Categorical":   # its statistics (one-hot) need the number of categories
-                n = max(int(x.max().item()) + 1, _categories(self.model, node, prior, values))
+                n = max(int(x.max().item()) + 1, _categories(node, prior, values))
                 raw = {"logits": torch.zeros(*x.shape[1:], n, dtype=self.dtype, device=self.device)}
             elif cls.discrete and not _integer_valued(x):
                 raise ModelError(f"proposal for {i!r}: {cls.name} needs integer values")
@@ -213,8 +208,7 @@ class Program:
         missing = torch.isnan(t)
         if missing.any():
             mask = ~missing.reshape(*t.shape[:n_plates], -1).any(-1)
-            spec = get_spec(node.dist, node.where())
-            support = spec.cls.support
+            support = self.specs[node.name].cls.support
             fill = 0.0 if constraints.is_dependent(support) else support_fill(support)
             t = torch.where(missing, torch.full_like(t, fill), t)
         else:
@@ -262,10 +256,8 @@ class Program:
             else:
                 continue
             if isinstance(v, str):
-                try:
+                try:   # the expression's own errors name the node and argument already
                     out[a] = self.exprs[node.name][a](env)
-                except ModelError as e:
-                    raise ModelError(f"{node.where(a)}: {e}") if not str(e).startswith("node") else e
                 except RuntimeError as e:
                     raise ModelError(f"{node.where(a)}: cannot evaluate {v!r}: {str(e).splitlines()[0]}") from None
             elif isinstance(v, Param):
@@ -333,7 +325,7 @@ class Program:
                 kd, target = self.kdim[name], self.own[name]
                 sizes = [self.sizes[d] for d in target]
                 perms = {p: torch.rand(sizes, device=self.device).argsort(0)
-                         for p in self.model.parents(name) if p in self.kdim and self.kdim[p] != kd}
+                         for p in self.latent_parents[name] if self.kdim[p] != kd}
                 args = self._args(node, self._env(node, values, kd, perms))
                 d, dims, n_extra = self._dist(node, args, target)
                 extra = node.shape[:n_extra] if node.shape is not None else d.batch_shape[len(dims):]
@@ -367,7 +359,7 @@ class Program:
             self._check_support(node, d, v, dims, mask)
         off = None if offset is None else offset.align(dims, 0)
         try:
-            lp = fast_log_prob(spec, args, dims, n_extra, v, off)
+            lp = fast_log_prob(spec, args, dims, n_extra, v, off, self._expanded[node.name])
             if lp is None:
                 if d is None:
                     d = build(spec, args, dims, n_extra, node.where())
@@ -529,8 +521,8 @@ class Program:
         out = []
         for node in self.nodes:
             same = {}
-            for p in self.model.parents(node.name):
-                if p in self.kdim and self.kdim[p] == f"K:{p}":
+            for p in self.latent_parents[node.name]:
+                if self.kdim[p] == f"K:{p}":
                     same.setdefault(self.model.node(p).plate, []).append(p)
             for plate, names in same.items():
                 if len(names) >= 3 and names not in out:
@@ -553,7 +545,7 @@ class Program:
             for comp in level.components:
                 for st in comp.steps:
                     n += sum(size(dims) for dims in st.in_dims) + 2 * size(st.out_dims)
-                    if st.removed and broadcast_layout(st.in_dims, st.removed, st.out_dims):
+                    if st.removed and st.layout is not None:
                         n += max(size(dims) for dims in st.in_dims)
         return 2 * n * elem
 
@@ -593,7 +585,7 @@ def _integer_valued(x: torch.Tensor) -> bool:
     return bool((x == torch.round(x)).all())
 
 
-def _categories(model, node, prior, values) -> int:
+def _categories(node, prior, values) -> int:
     args = prior._args(node, prior._env(node, values, None))
     for a in ("probs", "logits"):
         if a in args:

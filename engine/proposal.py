@@ -8,16 +8,14 @@ the prior as proposal.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributions as D
 from torch.distributions import constraints
 
+from .dists import HALF_LOG_2PI, event_sum
 from .errors import ModelError
 
 _EPS = 1e-6
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _inv_digamma(y: torch.Tensor, iters: int = 6) -> torch.Tensor:
@@ -80,7 +78,7 @@ class Family:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         lp = self.dist().log_prob(x)
-        return lp.sum(tuple(range(-self.n_extra, 0))) if self.n_extra else lp
+        return event_sum(lp, self.n_extra)
 
     def sample(self, K: int, reparam: bool) -> torch.Tensor:
         d = self.dist()
@@ -109,8 +107,8 @@ class NormalQ(Family):
     def log_prob(self, x):
         loc, log_scale = self.raw["loc"], self.raw["log_scale"]
         z = (x - loc) * torch.exp(-log_scale)
-        lp = torch.addcmul(-(log_scale + _HALF_LOG_2PI), z, z, value=-0.5)
-        return lp.sum(tuple(range(-self.n_extra, 0))) if self.n_extra else lp
+        lp = torch.addcmul(-(log_scale + HALF_LOG_2PI), z, z, value=-0.5)
+        return event_sum(lp, self.n_extra)
 
     def sample(self, K, reparam):
         loc = self.raw["loc"]

@@ -15,7 +15,7 @@ import math
 import torch
 
 from .errors import ModelError
-from .named import Named
+from .named import Named, union_dims
 
 
 class Sample:
@@ -89,10 +89,8 @@ class Sample:
 
     def expectation(self, name: str, fn=lambda x: x) -> torch.Tensor:
         """Posterior E[fn(z)] per plate element: (*plates, *event)."""
-        w = self.marginal_weights(name)
-        x = fn(self.values[name].expand_to((self.program.kdim[name], *self.program.chain[name]), self.program.sizes))
-        w = w.reshape(*w.shape, *[1] * (x.dim() - w.dim()))
-        return (w * x.detach()).sum(0)
+        w = self.marginal_weights(name)   # checks the name
+        return weighted_sum(w, fn(self.values[name].expand_to(self.program.own[name], self.program.sizes)).detach())
 
     def mean(self, name: str) -> torch.Tensor:
         return self.expectation(name)
@@ -154,6 +152,11 @@ class Sample:
         return out
 
 
+def weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_k w_k x_k over the leading K axis, weights (K, *plates) broadcast over x's event dims."""
+    return (w.reshape(*w.shape, *[1] * (x.dim() - w.dim())) * x).sum(0)
+
+
 def _backtrace(levels, trace, assign, n, gen, prog) -> None:
     """Walk contraction steps backwards (outer levels first), drawing each step's summed
     indices given those already drawn; adds them to `assign`."""
@@ -163,7 +166,7 @@ def _backtrace(levels, trace, assign, n, gen, prog) -> None:
                 if not st.removed:
                     continue
                 parts = [_take(x, assign, prog.rank) for x in ins]
-                dims = tuple(sorted(set().union(*[p.dims for p in parts]), key=prog.rank.get))
+                dims = union_dims(parts, prog.rank)
                 shape = [n if d == "draw" else max(p.t.shape[p.dims.index(d)] if d in p.dims else 1 for p in parts)
                          for d in dims]
                 logits = sum(p.align(dims, 0) for p in parts).expand(*shape)

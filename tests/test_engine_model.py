@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import Model, ModelError
-from engine.contract import logspace_einsum
+from engine.contract import Step, logspace_einsum
 from engine.named import Named
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,22 +186,25 @@ def test_nodes_may_be_added_before_what_they_mention():
 
 def test_logspace_einsum_survives_maxima_at_different_indices():
     """log values [0, -200] and [-200, 0] summed over their shared index: -199.3, not -inf."""
+    def step(ins, removed, out_dims, eq):
+        return Step(tuple(range(len(ins))), tuple(x.dims for x in ins), removed, out_dims, eq)
+    dot = lambda ins: logspace_einsum(ins, step(ins, ("k",), (), "a,a->"))
     a = Named(torch.tensor([0.0, -200.0]), ("k",))
     b = Named(torch.tensor([-200.0, 0.0]), ("k",))
-    out = logspace_einsum([a, b], ("k",), (), "a,a->")
+    out = dot([a, b])
     assert torch.isfinite(out.t) and float(out.t) == pytest.approx(-200 + math.log(2), abs=1e-4)
     c = Named(torch.tensor([0.0, -2000.0]), ("k",))   # beyond float64: the exact fallback
     d = Named(torch.tensor([-2000.0, 0.0]), ("k",))
-    assert float(logspace_einsum([c, d], ("k",), (), "a,a->").t) == pytest.approx(-2000 + math.log(2), abs=1e-3)
+    assert float(dot([c, d]).t) == pytest.approx(-2000 + math.log(2), abs=1e-3)
     e = Named(torch.tensor([0.0, -math.inf]), ("k",))   # a genuine zero stays zero
     f = Named(torch.tensor([-math.inf, 0.0]), ("k",))
-    assert float(logspace_einsum([e, f], ("k",), (), "a,a->").t) == -math.inf
+    assert float(dot([e, f]).t) == -math.inf
     # the same in a chain step 'ik,kj->ij' (no operand holds every index: an einsum of
     # shifted exponentials, redone in float64, then exactly for what still underflows)
     for gap, tol in ((200.0, 1e-4), (2000.0, 1e-3), (math.inf, 0)):
         a = Named(torch.tensor([[0.0, -gap], [0.0, 0.0]]), ("i", "k"))
         b = Named(torch.tensor([[-gap], [0.0]]), ("k", "j"))
-        out = logspace_einsum([a, b], ("k",), ("i", "j"), "ik,kj->ij").t
+        out = logspace_einsum([a, b], step([a, b], ("k",), ("i", "j"), "ik,kj->ij")).t
         assert out.dtype == torch.float32 and out.shape == (2, 1)
         assert float(out[1, 0]) == pytest.approx(math.log(1 + math.exp(-gap)), abs=1e-6)
         assert float(out[0, 0]) == (-math.inf if gap == math.inf else pytest.approx(-gap + math.log(2), abs=tol))

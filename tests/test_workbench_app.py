@@ -188,7 +188,7 @@ def test_save_open_and_upload_round_trip(wb, tmp_path):
     doc["exact"] = {"mu": {"dist": "Normal", "args": {"loc": 0, "scale": 1}}}
     wb.upload.filename = "up.json"
     wb.upload.value = json.dumps(doc).encode()
-    assert wb.file_exact == doc["exact"] and wb.exact()["mu"]["args"]["scale"] == 1
+    assert wb.model.extras["exact"] == doc["exact"] and wb.exact()["mu"]["args"]["scale"] == 1
     assert json.loads(wb._download().read())["exact"] == doc["exact"]       # kept through a save
     wb.upload.value = b"{not json"
     assert "Could not load" in alerts(wb, "danger")[-1]

@@ -178,7 +178,7 @@ def test_posterior_view_and_exact_overlay():
     m = conjugate_model()
     s = m.sample(K=20, seed=0)
     r = _Result(s, m)
-    ex = E.known(m)
+    ex = E.gaussian_hierarchy(m)
     names = ["mu", "z[1]"]
     grid = V.posterior_view(r, names, exact=ex, draws=300)
     figs = [c[0] if isinstance(c, tuple) else c for c in grid.children]
@@ -208,7 +208,7 @@ def test_summary_table_from_a_run():
     from engine.fit import Fitter
     f = Fitter(conjugate_model(), "qem", K=5, seed=0)
     list(f.run(2))
-    table = V.summary_table(f.result(), draws=200)
+    table = V.summary_table(V.posterior_draws(f.result(), 200))
     assert {"mu", "z[0]", "z[3]"} <= set(table.index) and "mean" in table.columns
 
 
@@ -228,7 +228,7 @@ def test_exact_gaussian_hierarchy_matches_a_brute_force_solution():
     for g in range(4):
         assert ex[f"z[{g}]"]["args"]["loc"] == pytest.approx(mean[f"z{g}"], rel=1e-6)
         assert ex[f"z[{g}]"]["args"]["scale"] == pytest.approx(np.sqrt(var[f"z{g}"]), rel=1e-6)
-    assert E.known(nested_model()) == {} and E.log_evidence(nested_model()) is None
+    assert E.gaussian_hierarchy(nested_model()) == {} and E.log_evidence(nested_model()) is None
     assert E.log_evidence(m) == pytest.approx(out["log_evidence"], rel=1e-9)
 
 

@@ -8,6 +8,7 @@ drains it and updates the views, so the UI stays responsive.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -21,7 +22,8 @@ import numpy as np
 import panel as pn
 from bokeh.models import ColumnDataSource
 
-from engine import DISTRIBUTIONS, Model, ModelError
+from engine import DISTRIBUTIONS, Model, ModelError, datasets
+from engine.cli import EXAMPLE
 
 from . import canvas as C
 from . import exact as E
@@ -31,32 +33,8 @@ from . import views as V
 from .compat import W
 from .forms import NodeForm, DataForm, PlateForm
 
-ROOT = Path(__file__).resolve().parent.parent
 METHOD_LABELS = {"IS": "is", "QEM": "qem", "RWS": "rws", "VI": "vi", "global": "global"}
 TABS = ("Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior", "Degeneracy")
-
-
-def examples() -> dict[str, Path]:
-    return {p.stem: p for p in sorted((ROOT / "assets" / "models").glob("*.json"))}
-
-
-def default_model_path() -> Path | None:
-    p = ROOT / "assets" / "models" / "radon.json"
-    if p.exists():
-        return p
-    ex = examples()
-    return next(iter(ex.values()), None)
-
-
-def read_model(path) -> tuple[Model, dict | None]:
-    """A model and its optional "exact" posterior field."""
-    m = Model.load(path)
-    return m, m.extras.get("exact")
-
-
-def model_from_doc(doc, base=None) -> tuple[Model, dict | None]:
-    m = Model.from_dict(doc, base=base)
-    return m, m.extras.get("exact")
 
 
 def _suggest(model, stem: str) -> str:
@@ -135,18 +113,17 @@ class Workbench:
     {"dist": "Normal", "args": {...}}, {"x": [...], "pdf": [...]} or a callable x -> pdf;
     an entry "@log_evidence": float draws the exact log P(data) on the ELBO view.
     A model file may carry the same dict in a top-level "exact" field. By default
-    workbench.exact.known recognises the conjugate Gaussian hierarchy."""
+    workbench.exact.gaussian_hierarchy recognises the conjugate Gaussian hierarchy."""
 
     def __init__(self, model=None, exact=None, K: int = 10, iters: int = 50, method: str = "QEM"):
         pn.extension(notifications=False)
         self.path: Path | None = None
-        self.file_exact = None
         if model is None:
-            model = default_model_path()
+            model = EXAMPLE
         if isinstance(model, (str, Path)):
             self.path = Path(model)
             try:
-                model, self.file_exact = read_model(model)
+                model = Model.load(model)
             except ModelError as e:
                 self._startup_error = f"Could not open {model}: {e}"
                 model = Model("untitled")
@@ -155,7 +132,8 @@ class Workbench:
         else:
             self._startup_error = None
         self.model: Model = model if model is not None else Model("untitled")
-        self.exact_arg = E.known if exact is None else exact
+        self.exact_arg = E.gaussian_hierarchy if exact is None else exact
+        self._held = False   # see _views_held
         self.undo_stack: list[dict] = []
         self.redo_stack: list[dict] = []
         self.pos = C.auto_layout(self.model)
@@ -190,7 +168,7 @@ class Workbench:
         self.add_latent_btn.on_click(self._guard(lambda e: self.new_node("latent")))
         self.add_obs_btn.on_click(self._guard(lambda e: self.new_node("observed")))
         self.new_btn.on_click(self._guard(lambda e: self.new_model()))
-        ex = examples()
+        ex = datasets.gallery()
         here = self.path.stem if self.path is not None and self.path.stem in ex else next(iter(ex), None)
         self.example = W(pn.widgets.Select, options=list(ex), value=here, width=170, margin=(4, 3),
                                          css_classes=["wb-example"])
@@ -275,13 +253,13 @@ class Workbench:
         self.post_table = pn.pane.DataFrame(None, sizing_mode="stretch_width", max_height=360,
                                             styles={"overflow": "auto"})
         self.post_names = W(pn.widgets.MultiChoice, label="Latents to plot", options=[], width=500)
-        self.post_names.param.watch(lambda e: self.update_posterior_plots(), "value")
+        self.post_names.param.watch(lambda e: self._held or self.update_posterior_plots(), "value")
         self.post_plots = pn.pane.Bokeh(None, sizing_mode="stretch_width")
         self.deg_note = pn.pane.Markdown("Run a method to see how the particles' weight is spread.")
         self.deg_latent = W(pn.widgets.Select, label="Latent", options=[], width=220)
         self.deg_parent = W(pn.widgets.Select, label="Parent (coupling view)", options=[], width=220)
-        self.deg_latent.param.watch(lambda e: self.update_degeneracy(), "value")
-        self.deg_parent.param.watch(lambda e: self.update_degeneracy(), "value")
+        self.deg_latent.param.watch(lambda e: self._held or self.update_degeneracy(), "value")
+        self.deg_parent.param.watch(lambda e: self._held or self.update_degeneracy(), "value")
         self.deg_heat, self.deg_particles, self.deg_coupling = (pn.pane.Bokeh(None) for _ in range(3))
         self.views = pn.Tabs(
             (TABS[0], self.diagram),
@@ -343,17 +321,15 @@ class Workbench:
         row._wb_kind = kind
         self.alerts.objects = keep + [row]
 
-    def clear_alerts(self):
-        self.alerts.objects = []
-
     # ---- editing -----------------------------------------------------------------------
     def edit(self, fn, what: str) -> bool:
         """Apply fn to a copy of the model; keep it only if it validates."""
         try:
-            new = Model.from_dict(self.model.to_dict()) if len(self.model.graph) else self._copy_empty()
+            new = self.model.copy()
             out = fn(new)
             new = out if isinstance(out, Model) else new
-            new.validate()
+            if new.graph:   # a model with no nodes yet is fine to edit (plates, data)
+                new.validate()
         except (ModelError, ValueError, KeyError, TypeError) as e:
             self.alert(f"{what} refused: {e}. The model is unchanged.")
             self.refresh_canvas()
@@ -365,42 +341,23 @@ class Workbench:
         self.refresh()
         return True
 
-    def _copy_empty(self) -> Model:
-        doc = self.model.to_dict()
-        m = Model(doc.get("name", "model"))
-        m.description = self.model.description
-        for p in self.model.plates.values():
-            m.plates[p.name] = p
-        for k, v in self.model.data.items():
-            m.set_data(k, v)
-        m.data_plates = dict(self.model.data_plates)
-        return m
-
     def _restore(self, doc):
-        if doc.get("nodes"):
-            self.model = Model.from_dict(doc)
-        else:
-            m = Model(doc.get("name", "model"))
-            for p in doc.get("plates", []):
-                m.add_plate(p["name"], p["size"], p.get("in"))
-            for k, v in (doc.get("data") or {}).items():
-                m.set_data(k, v)
-            self.model = m
+        self.model = Model.from_dict(doc)
         self.refresh()
 
     def undo(self):
-        if not self.undo_stack:
-            self.alert("Nothing to undo.", "info")
-            return
-        self.redo_stack.append(self.model.to_dict())
-        self._restore(self.undo_stack.pop())
+        self._travel(self.undo_stack, self.redo_stack, "undo")
 
     def redo(self):
-        if not self.redo_stack:
-            self.alert("Nothing to redo.", "info")
+        self._travel(self.redo_stack, self.undo_stack, "redo")
+
+    def _travel(self, back: list, forth: list, what: str):
+        """Restore the model from the top of `back`, keeping the current one on `forth`."""
+        if not back:
+            self.alert(f"Nothing to {what}.", "info")
             return
-        self.undo_stack.append(self.model.to_dict())
-        self._restore(self.redo_stack.pop())
+        forth.append(self.model.to_dict())
+        self._restore(back.pop())
 
     def _apply_node(self, original, fields, error):
         if error:
@@ -439,7 +396,7 @@ class Workbench:
 
     def load_example(self):
         if self.example.value:
-            self.open(examples()[self.example.value])
+            self.open(datasets.gallery()[self.example.value])
 
     def delete_node(self, name):
         if self.edit(lambda m: m.remove_node(name), f"Deleting node {name!r}"):
@@ -488,27 +445,10 @@ class Workbench:
                        f"form.", "success")
 
     def resize_plate(self, name, size):
-        def fn(m):
-            doc = m.to_dict()
-            for p in doc["plates"]:
-                if p["name"] == name:
-                    p["size"] = size
-            return Model.from_dict(doc)
-        self.edit(fn, f"Resizing plate {name!r}")
+        self.edit(lambda m: m.resize_plate(name, size), f"Resizing plate {name!r}")
 
     def remove_plate(self, name):
-        def fn(m):
-            users = [n.name for n in m.nodes if n.plate == name] + [p.name for p in m.plates.values()
-                                                                   if p.parent == name]
-            if users:
-                raise ModelError(f"plate {name!r} still holds {', '.join(users)}; move them out first")
-            doc = m.to_dict()
-            doc["plates"] = [p for p in doc["plates"] if p["name"] != name]
-            if not doc["nodes"]:
-                m.plates.pop(name)
-                return m
-            return Model.from_dict(doc)
-        if self.edit(fn, f"Removing plate {name!r}"):
+        if self.edit(lambda m: m.remove_plate(name), f"Removing plate {name!r}"):
             self.pos.pop(f"plate:{name}", None)
             self.refresh_canvas()
 
@@ -517,14 +457,7 @@ class Workbench:
             self.alert(f"Attached data {name!r} ({D.describe(arr)}).", "success")
 
     def new_model(self):
-        self.undo_stack.append(self.model.to_dict())
-        self.redo_stack.clear()
-        self.model = Model("untitled")
-        self.pos = {}
-        self.path = None
-        self.file_exact = None
-        self.node_form.clear()
-        self.refresh()
+        self._set_model(Model("untitled"))
 
     # ---- canvas events -------------------------------------------------------------------
     def _on_edge_added(self, payload, *_):
@@ -571,18 +504,18 @@ class Workbench:
     # ---- files ------------------------------------------------------------------------------
     def open(self, path):
         try:
-            model, exact = read_model(path)
+            model = Model.load(path)
         except ModelError as e:
             self.alert(f"Could not open {path}: {e}")
             return False
-        self._set_model(model, exact, Path(path))
+        self._set_model(model, Path(path))
         self.alert(f"Opened {path}.", "success")
         return True
 
-    def _set_model(self, model, exact, path=None):
+    def _set_model(self, model, path=None):
         self.undo_stack.append(self.model.to_dict())
         self.redo_stack.clear()
-        self.model, self.file_exact = model, exact
+        self.model = model
         self.path = path
         if path is not None:
             self.path_input.value = str(path)
@@ -592,15 +525,9 @@ class Workbench:
         self.refresh()
         self.flow.viewport = C.fit_viewport(self.model, self.pos)
 
-    def document(self) -> dict:
-        doc = self.model.to_dict()
-        if self.file_exact is not None:
-            doc["exact"] = self.file_exact
-        return doc
-
     def save(self, path):
         try:
-            Path(path).write_text(json.dumps(self.document(), indent=1))
+            Path(path).write_text(json.dumps(self.model.to_dict(), indent=1))
         except OSError as e:
             self.alert(f"Could not save to {path}: {e}")
             return False
@@ -610,22 +537,22 @@ class Workbench:
 
     def _download(self):
         self.download.filename = f"{self.model.name or 'model'}.json"
-        return io.StringIO(json.dumps(self.document(), indent=1))
+        return io.StringIO(json.dumps(self.model.to_dict(), indent=1))
 
     def _uploaded(self, e):
         if not self.upload.value:
             return
         try:
-            model, exact = model_from_doc(json.loads(self.upload.value.decode("utf-8")))
+            model = Model.from_dict(json.loads(self.upload.value.decode("utf-8")))
         except (ModelError, ValueError, UnicodeDecodeError) as err:
             self.alert(f"Could not load {self.upload.filename}: {err}")
             return
-        self._set_model(model, exact)
+        self._set_model(model)
         self.alert(f"Loaded {self.upload.filename}.", "success")
 
     # ---- views ------------------------------------------------------------------------------
     def exact(self) -> dict:
-        out = dict(self.file_exact or {})
+        out = dict(self.model.extras.get("exact") or {})
         if callable(self.exact_arg):
             out.update(self.exact_arg(self.model) or {})
         elif self.exact_arg:
@@ -755,7 +682,7 @@ class Workbench:
             q.put(("status", "Computing the posterior summary…"))
             samples = V.posterior_draws(r, 1000)
             try:
-                table = V.summary_table(r)
+                table = V.summary_table(samples)
             except Exception as e:  # arviz failing must not lose the run
                 table = None
                 q.put(("warn", f"ArviZ summary failed: {e}"))
@@ -862,7 +789,7 @@ class Workbench:
         fig = self.ess_pane.object
         src = fig.select_one({"name": "ess", "type": ColumnDataSource}) if fig is not None else None
         if src is not None and list(src.data["latent"]) == list(ess) and getattr(fig, "_wb_K", None) == K:
-            src.data = V.ess_data(ess, K)
+            src.data = d
             self._push(self.ess_pane)
         else:
             fig = V.ess_figure(ess, K)
@@ -885,13 +812,14 @@ class Workbench:
                                  f"{r.log_marginal:.4g} · posterior draws resampled from the MP index posterior")
         self.post_table.object = table
         names = V.posterior_names(self.model if set(r.model.latents) == set(self.model.latents) else r.model)
-        self.post_names.options = names
-        keep = [n for n in self.post_names.value if n in names]
-        self.post_names.value = keep or names[:min(6, len(names))]
+        with self._views_held():   # drawn once, below
+            self.post_names.options = names
+            keep = [n for n in self.post_names.value if n in names]
+            self.post_names.value = keep or names[:min(6, len(names))]
+            self.deg_latent.options = list(r.sample.program.latents)
+            if self.deg_latent.value not in self.deg_latent.options:
+                self.deg_latent.value = self.deg_latent.options[0] if self.deg_latent.options else None
         self.update_posterior_plots()
-        self.deg_latent.options = list(r.sample.program.latents)
-        if self.deg_latent.value not in self.deg_latent.options:
-            self.deg_latent.value = self.deg_latent.options[0] if self.deg_latent.options else None
         self.update_degeneracy()
         self.update_diagram()
         self.refresh_canvas()
@@ -903,9 +831,9 @@ class Workbench:
         s, name = self.result.sample, self.deg_latent.value
         parents = [p for p in s.program.model.parents(name) if p in s.program.kdim]
         if list(self.deg_parent.options) != parents:
-            self.deg_parent.options = parents
-            self.deg_parent.value = parents[0] if parents else None
-            return   # the parent watcher redraws
+            with self._views_held():   # drawn below, once
+                self.deg_parent.options = parents
+                self.deg_parent.value = parents[0] if parents else None
         try:
             m = DG.weight_matrix(s, name)
             lines = [f"**{name}**: the heaviest of K={m['K']} particles holds {m['mean_top_share']:.0%} of the weight "
@@ -927,6 +855,16 @@ class Workbench:
             self.deg_coupling.object = DG.coupling_heatmap(s, name, parent) if parent else None
         except (ModelError, ValueError, KeyError, IndexError, RuntimeError) as e:
             self.alert(f"Cannot draw the degeneracy views: {e}", "warning")
+
+    @contextlib.contextmanager
+    def _views_held(self):
+        """Selector changes inside do not redraw the posterior and degeneracy views (the
+        caller draws them once after)."""
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
 
     def update_posterior_plots(self):
         if self.result is None or not self.post_names.value:

@@ -20,7 +20,8 @@ import math
 import numpy as np
 import torch
 
-from engine import Model, ModelError
+from engine import Model, ModelError, datasets
+from .exact import log_evidence
 from .views import exact_pdf
 
 KHAT_THRESHOLD = 0.7     # Vehtari et al. (2024): above it, importance sampling is unreliable
@@ -290,14 +291,12 @@ def pareto_khat(sample_or_log_weights) -> float:
 
 # ---- sweeps ------------------------------------------------------------------------------------------
 def _reference_log_evidence(model) -> tuple[float | None, str]:
-    from engine import datasets
-    try:
-        return datasets.exact_posterior(model)["log_evidence"], "exact"
-    except ModelError:
-        pass
-    exact = getattr(model, "extras", {}).get("exact") or {}
+    exact = model.extras.get("exact") or {}
     if "@log_evidence" in exact:
         return float(exact["@log_evidence"]), "exact"
+    value = log_evidence(model)
+    if value is not None:
+        return value, "exact"
     ref = datasets.reference(model.name)
     if ref is not None and "log_evidence" in ref:
         return float(ref["log_evidence"]), "reference"

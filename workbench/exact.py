@@ -19,9 +19,6 @@ def gaussian_hierarchy(model) -> dict:
         return {}
 
 
-known = gaussian_hierarchy
-
-
 def log_evidence(model) -> float | None:
     """log P(data) for the conjugate Gaussian hierarchy (None for other models)."""
     try:

@@ -3,7 +3,7 @@
 plate_diagram_dot(model, ess, K) -> DOT text      render_svg(dot) -> SVG text (never blank)
 einsum_table(sample | program | plan list) -> DataFrame of steps; einsum_summary(...) per component
 ess_figure(ess, K) -> Bokeh figure                 elbo_figure(runs) -> Bokeh figure
-summary_table(result) -> DataFrame (az.summary)    posterior_view(result, names, exact) -> Bokeh layout
+summary_table(samples) -> DataFrame (az.summary)    posterior_view(result, names, exact) -> Bokeh layout
 """
 from __future__ import annotations
 
@@ -444,23 +444,15 @@ def elbo_figure(runs, reference: float | None = None):
 
 
 # ---- posterior ------------------------------------------------------------------------------
-def summary_table(result, draws: int = 1000) -> pd.DataFrame:
-    """az.summary of the run's posterior draws (result.to_arviz())."""
+def summary_table(samples: dict) -> pd.DataFrame:
+    """az.summary of posterior draws ({latent: (draws, *plates, *event)}, as posterior_draws
+    gives them): one chain."""
     import arviz as az
+    import logging
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        idata = result.to_arviz(draws=draws) if _takes_draws(result) else result.to_arviz()
-        import logging
         logging.getLogger("arviz").setLevel(logging.ERROR)
-        return az.summary(idata, kind="stats", round_to=4)
-
-
-def _takes_draws(result) -> bool:
-    import inspect
-    try:
-        return "draws" in inspect.signature(result.to_arviz).parameters
-    except (TypeError, ValueError):
-        return False
+        return az.summary(az.from_dict(posterior={k: v[None] for k, v in samples.items()}), kind="stats", round_to=4)
 
 
 def posterior_names(model_or_result, limit: int = 200) -> list[str]:

@@ -270,3 +270,16 @@ def test_notebook_cell_displays_the_workbench(nested_path):
     assert not [o for o in outputs if o.output_type == "error"]
     data = next(o for o in outputs if o.output_type == "execute_result").data
     assert "application/vnd.holoviews_exec.v0+json" in data and "text/html" in data
+
+
+def test_an_empty_model_takes_plates_and_data_before_any_node():
+    w = Workbench(Model("untitled"))
+    w.add_plate("groups", 3, None)
+    w.attach_data("x", np.arange(3.0))
+    assert w.model.plates["groups"].size == 3 and w.model.data["x"].tolist() == [0, 1, 2]
+    w.resize_plate("groups", 4)
+    assert w.model.plates["groups"].size == 4
+    w.remove_plate("groups")
+    assert "groups" not in w.model.plates and not alerts(w, "danger")
+    w.undo()
+    assert w.model.plates["groups"].size == 4

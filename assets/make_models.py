@@ -63,20 +63,9 @@ def radon():
             "data": {"y": y_list, "basement": basement.tolist(), "log_u": [round(u, 6) for u in d["u"]]}}
 
 
-def hierarchical_gaussian(G=10, N=5, seed=0):
-    rng = np.random.default_rng(seed)
-    mu = rng.normal(0, 1)
-    z = rng.normal(mu, 1, G)
-    x = rng.normal(z[:, None], 1, (G, N))
-    return {"format": "kn-model/1", "name": "hierarchical_gaussian",
-            "description": "mu ~ N(0, 1); z_g ~ N(mu, 1) for 10 groups; x_gn ~ N(z_g, 1), 5 per group. "
-                           "Conjugate: the posterior and the evidence have closed forms.",
-            "plates": [{"name": "groups", "size": G}, {"name": "obs", "size": N, "in": "groups"}],
-            "nodes": [
-                {"name": "mu", "kind": "latent", "dist": "Normal", "args": {"loc": 0, "scale": 1}},
-                {"name": "z", "kind": "latent", "dist": "Normal", "args": {"loc": "mu", "scale": 1}, "plate": "groups"},
-                {"name": "x", "kind": "observed", "dist": "Normal", "args": {"loc": "z", "scale": 1}, "plate": "obs"}],
-            "data": {"x": np.round(x, 4).tolist()}}
+def hierarchical_gaussian():
+    from engine import datasets
+    return datasets.hierarchical_gaussian().to_dict()   # the engine's generator is the asset
 
 
 def eight_schools(centered: bool):

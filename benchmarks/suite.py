@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -15,7 +15,6 @@ from .common import loglog_slope, median_ms, mib, run_isolated, spread_ms, time_
 @dataclass
 class Config:
     device: torch.device
-    quick: bool = False
     threads: int | None = None
     warmup: int = 5
     repeats: int = 30
@@ -42,7 +41,6 @@ class Config:
     isolated_warmup: int = 2
     isolated_repeats: int = 7
     timeout_s: float = 900
-    only: tuple = field(default_factory=tuple)
 
     @classmethod
     def make(cls, device, quick=False, toy=False, **kw) -> "Config":
@@ -52,13 +50,13 @@ class Config:
                         scaling_groups=(2, 4, 8), scaling_K=3, examples=("hierarchical_gaussian",), examples_K=3,
                         isolated_warmup=1, isolated_repeats=2, timeout_s=300)
             base.update(kw)
-            return cls(device=device, quick=True, **base)
+            return cls(device=device, **base)
         if quick:
             base = dict(warmup=2, repeats=8, hg_K=(10, 30), agreement_draws=5, blowup_K=(3, 10), ml_K=(10,),
                         scaling_groups=(10, 100, 1_000, 10_000), isolated_warmup=1, isolated_repeats=3)
             base.update(kw)
             kw = base
-        return cls(device=device, quick=quick, **kw)
+        return cls(device=device, **kw)
 
     def isolated(self, **cfg) -> dict:
         cfg = {"device": str(self.device), "threads": self.threads, "warmup": self.isolated_warmup,
@@ -69,6 +67,15 @@ class Config:
 def _split(r: dict) -> str:
     """How the engine ran: whole, or one plate in chunks (to fit its memory budget)."""
     return "no" if not r.get("split") else f"{r['split'][0]} in chunks of {r['split'][1]}"
+
+
+def _isolated_row(row: dict, r: dict) -> dict:
+    """`row` with one isolated run's figures (or its error)."""
+    if "error" in r:
+        return {**row, "error": r["error"]}
+    return {**row, "ms": median_ms(r["times"]), "spread_ms": spread_ms(r["times"]), "cpu_ms": median_ms(r["cpu_times"]),
+            "iter_mib": mib(r["iteration_bytes"]), "peak_mib": mib(r["peak_bytes"]),
+            "estimate_mib": mib(r["estimate_bytes"]), "largest": r["largest_factor_elements"], "split": _split(r)}
 
 
 def _verdict(ok: bool | None, what: str) -> str:
@@ -172,14 +179,7 @@ def bench_blowup(cfg: Config) -> dict:
         row = {"K": K, "variant": "grouped (one K-dim)" if grouped else "ungrouped (four K-dims)"}
         if memory_budget:
             row["variant"] += f", memory budget {memory_budget >> 20} MiB"
-        if "error" in r:
-            row["error"] = r["error"]
-        else:
-            row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
-                       largest=r["largest_factor_elements"], iter_mib=mib(r["iteration_bytes"]),
-                       peak_mib=mib(r["peak_bytes"]), estimate_mib=mib(r["estimate_bytes"]),
-                       split=_split(r))
-        rows.append(row)
+        rows.append(_isolated_row(row, r))
     notes = []
     for K in cfg.blowup_K:
         u = next((r for r in rows if r["K"] == K and r["variant"] == "ungrouped (four K-dims)" and "ms" in r), None)
@@ -207,15 +207,9 @@ def bench_movielens(cfg: Config) -> dict:
     for K in cfg.ml_K:
         r = cfg.isolated(model="movielens_like", model_kwargs={"users": cfg.ml_users, "films": cfg.ml_films,
                                                                "features": cfg.ml_features}, method="qem", K=K)
-        row = {"K": K}
-        if "error" in r:
-            row["error"] = r["error"]
-        else:
-            row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
-                       iter_mib=mib(r["iteration_bytes"]), peak_mib=mib(r["peak_bytes"]),
-                       estimate_mib=mib(r["estimate_bytes"]), largest=r["largest_factor_elements"], split=_split(r))
-            if K == 10:
-                ok = row["ms"] < 70
+        row = _isolated_row({"K": K}, r)
+        if K == 10 and "ms" in row:
+            ok = row["ms"] < 70
         rows.append(row)
     return {"name": "movielens", "title": "4. MovieLens-shaped model (QEM)",
             "description": f"{cfg.ml_users} users x {cfg.ml_films} films x {cfg.ml_features} features, synthetic data; "
@@ -235,13 +229,9 @@ def bench_scaling(cfg: Config) -> dict:
     for G in cfg.scaling_groups:
         r = cfg.isolated(model="hierarchical_gaussian", model_kwargs={"groups": G, "obs": cfg.hg_obs},
                          method="qem", K=cfg.scaling_K)
-        row = {"groups": G}
-        if "error" in r:
-            row["error"] = r["error"]
-        else:
-            row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
-                       us_per_group=1e3 * median_ms(r["times"]) / G, iter_mib=mib(r["iteration_bytes"]),
-                       estimate_mib=mib(r["estimate_bytes"]), split=_split(r))
+        row = _isolated_row({"groups": G}, r)
+        if "ms" in row:
+            row["us_per_group"] = 1e3 * row["ms"] / G
         rows.append(row)
     good = [r for r in rows if "ms" in r]
     for a, b in zip(good, good[1:]):   # the slope of each step up in size, on the larger row
@@ -279,13 +269,7 @@ def bench_examples(cfg: Config) -> dict:
     rows = []
     for name in cfg.examples:
         r = cfg.isolated(model="asset", model_kwargs={"name": name}, method="qem", K=cfg.examples_K)
-        row = {"model": f"assets/models/{name}.json", "K": cfg.examples_K}
-        if "error" in r:
-            row["error"] = r["error"]
-        else:
-            row.update(ms=median_ms(r["times"]), spread_ms=spread_ms(r["times"]), cpu_ms=median_ms(r["cpu_times"]),
-                       iter_mib=mib(r["iteration_bytes"]), largest=r["largest_factor_elements"], split=_split(r))
-        rows.append(row)
+        rows.append(_isolated_row({"model": f"assets/models/{name}.json", "K": cfg.examples_K}, r))
     return {"name": "examples", "title": "6. Shipped examples (QEM)",
             "description": "The example models as the workbench opens them; one fresh process per row.",
             "columns": [("model", "model"), ("K", "K"), ("largest", "largest factor (elements)"),

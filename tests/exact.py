@@ -33,3 +33,13 @@ def gaussian_network(variables):
     lat_names = [names[i] for i in lat]
     return {"mean": dict(zip(lat_names, post_mean)), "var": dict(zip(lat_names, np.diag(post_cov))),
             "cov": post_cov, "names": lat_names, "log_evidence": float(log_evidence)}
+
+
+def hierarchy_net(x, m0=0.0, s0=1.0, tau=1.0, sigma=1.0, z="z{}"):
+    """The network of mu ~ N(m0, s0); z_g ~ N(mu, tau); x_gn ~ N(z_g, sigma) for data x
+    (groups x observations; NaN observations left out); latent z_g is named z.format(g)."""
+    x = np.asarray(x, dtype=float)
+    net = [("mu", {}, m0, s0, None)] + [(z.format(g), {"mu": 1.0}, 0.0, tau, None) for g in range(len(x))]
+    net += [(f"x{g}_{n}", {z.format(g): 1.0}, 0.0, sigma, float(v))
+            for g, row in enumerate(x) for n, v in enumerate(row) if np.isfinite(v)]
+    return net

@@ -2,7 +2,8 @@
 
 Each estimate is repeated over R fixed seeds; the average must lie within Z standard
 errors (the spread over seeds / sqrt(R)) of the exact value. Self-normalised importance
-weighting has an O(1/K) bias; at the K used here it is far below one standard error.
+weighting has an O(1/ESS) bias: far below one standard error for means, and allowed for
+explicitly (twice var / ESS) for variances.
 """
 import math
 
@@ -11,26 +12,23 @@ import pytest
 import torch
 
 from engine import Model
-from exact import gaussian_network
+from exact import gaussian_network, hierarchy_net
 
 R, Z = 16, 4.5
-rng = np.random.default_rng(1)
 
 
 def two_level():
-    x = rng.normal(0.5, 1, (4, 3)).round(3)
+    x = np.random.default_rng(1).normal(0.5, 1, (4, 3)).round(3)
     m = Model("two_level").add_plate("groups", 4).add_plate("obs", 3, "groups")
     m.add_node("mu", "latent", "Normal", {"loc": 0, "scale": 1})
     m.add_node("z", "latent", "Normal", {"loc": "mu", "scale": 1}, plate="groups")
     m.add_node("x", "observed", "Normal", {"loc": "z", "scale": 0.8}, plate="obs")
     m.set_data("x", x)
-    net = [("mu", {}, 0, 1, None)] + [(f"z[{g}]", {"mu": 1}, 0, 1, None) for g in range(4)]
-    net += [(f"x{g}{n}", {f"z[{g}]": 1}, 0, 0.8, x[g, n]) for g in range(4) for n in range(3)]
-    return m, net
+    return m, hierarchy_net(x, sigma=0.8, z="z[{}]")
 
 
 def three_level():
-    x = rng.normal(0, 1, (3, 2, 2)).round(3)
+    x = np.random.default_rng(2).normal(0, 1, (3, 2, 2)).round(3)
     m = Model("three_level").add_plate("g", 3).add_plate("h", 2, "g").add_plate("n", 2, "h")
     m.add_node("mu", "latent", "Normal", {"loc": 0.5, "scale": 1})
     m.add_node("z", "latent", "Normal", {"loc": "mu", "scale": 0.7}, plate="g")
@@ -44,7 +42,7 @@ def three_level():
 
 
 def vector_latent():
-    x = rng.normal([1, -1, 0], 1, (4, 3)).round(3)
+    x = np.random.default_rng(3).normal([1, -1, 0], 1, (4, 3)).round(3)
     m = Model("vector").add_plate("obs", 4)
     m.add_node("mu", "latent", "Normal", {"loc": 0, "scale": 1.5}, shape=[3])
     m.add_node("x", "observed", "Normal", {"loc": "mu", "scale": 1}, plate="obs")
@@ -65,7 +63,7 @@ def plate_of_one():
 
 
 def two_parents():
-    x = rng.normal(1, 1, 3).round(3)
+    x = np.random.default_rng(4).normal(1, 1, 3).round(3)
     m = Model("two_parents").add_plate("g", 3)
     m.add_node("a", "latent", "Normal", {"loc": 0, "scale": 1})
     m.add_node("b", "latent", "Normal", {"loc": 1, "scale": 2})
@@ -91,9 +89,11 @@ def _flat(name, t):
 def test_posterior_moments_and_evidence(build, K, dtype):
     m, net = build()
     exact = gaussian_network(net)
-    means, vars_, ratios = [], [], []
+    means, vars_, ratios, inv_ess = [], [], [], {n: [] for n in m.latents}
     for seed in range(R):
         s = m.sample(K=K, seed=seed, dtype=dtype)
+        for n in m.latents:
+            inv_ess[n].append(1 / float(s.ess(n).min()))
         mu, var = {}, {}
         for name in m.latents:
             mu.update(_flat(name, s.mean(name)))
@@ -105,8 +105,10 @@ def test_posterior_moments_and_evidence(build, K, dtype):
         est = np.array([d[key] for d in means])
         se = est.std(ddof=1) / math.sqrt(R)
         assert abs(est.mean() - exact["mean"][key]) < Z * se + 1e-6, (key, est.mean(), exact["mean"][key], se)
+        # the self-normalised variance is biased low by about var / ESS: allowed twice over
         v = np.array([d[key] for d in vars_])
-        assert abs(v.mean() - exact["var"][key]) < Z * v.std(ddof=1) / math.sqrt(R) + 0.05 * exact["var"][key], key
+        bias = 2 * exact["var"][key] * np.mean(inv_ess[key.split("[")[0]])
+        assert abs(v.mean() - exact["var"][key]) < Z * v.std(ddof=1) / math.sqrt(R) + bias, (key, v.mean(), bias)
     r = np.array(ratios)
     assert abs(r.mean() - 1) < Z * r.std(ddof=1) / math.sqrt(R), (r.mean(), r.std())
 
@@ -120,9 +122,7 @@ def test_unbiased_marginal_likelihood(proposal):
     m.add_node("z", "latent", "Normal", {"loc": "mu", "scale": 1}, plate="g")
     m.add_node("x", "observed", "Normal", {"loc": "z", "scale": 1.5}, plate="g")
     m.set_data("x", x)
-    net = [("mu", {}, 0, 1, None)] + [(f"z{g}", {"mu": 1}, 0, 1, None) for g in range(3)]
-    net += [(f"x{g}", {f"z{g}": 1}, 0, 1.5, x[g]) for g in range(3)]
-    log_z = gaussian_network(net)["log_evidence"]
+    log_z = gaussian_network(hierarchy_net(np.asarray(x)[:, None], sigma=1.5))["log_evidence"]
     prog = m.compile(K=3, proposal=proposal, dtype="float64")
     with torch.no_grad():
         ratios = np.array([math.exp(float(prog.plan.contract(prog.factors(prog._draw(seed, False)),
@@ -163,13 +163,17 @@ def test_posterior_samples_keep_coparent_correlation():
     corr = np.corrcoef(d["a"].numpy(), d["b"].numpy())[0, 1]
     exact = gaussian_network([("a", {}, 0, 1, None), ("b", {}, 0, 1, None), ("x", {"a": 1, "b": 1}, 0, 0.3, 1.0)])
     c = exact["cov"]
-    assert abs(corr - c[0, 1] / math.sqrt(c[0, 0] * c[1, 1])) < 0.05, corr
+    rho = c[0, 1] / math.sqrt(c[0, 0] * c[1, 1])
+    # a correlation's SE is (1 - rho^2) / sqrt(n); n = the fewer effective particles of a and b
+    ess = min(float(s.ess("a")), float(s.ess("b")))
+    assert abs(corr - rho) < 4.5 * (1 - rho ** 2) / math.sqrt(ess), (corr, rho, ess)
 
 
 def test_mp_is_tighter_than_global_at_equal_k():
     m, net = two_level()
     log_z = gaussian_network(net)["log_evidence"]
-    mp = np.array([m.sample(K=30, seed=s).log_marginal() for s in range(10)])
-    gl = np.array([m.sample_global(K=30, seed=s).log_marginal() for s in range(10)])
-    assert (log_z - mp).mean() < 0.5 * (log_z - gl).mean()
+    mp = np.array([m.sample(K=30, seed=s).log_marginal() for s in range(40)])
+    gl = np.array([m.sample_global(K=30, seed=s).log_marginal() for s in range(40)])
+    gap = (log_z - mp) - (log_z - gl)   # paired by seed: MP's gap below global's, by 2 SE
+    assert gap.mean() + 2 * gap.std(ddof=1) / math.sqrt(len(gap)) < 0, (gap.mean(), gap.std())
     assert mp.std() < gl.std()

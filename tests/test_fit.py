@@ -10,7 +10,7 @@ from scipy.special import betaln
 from engine import Model, ModelError
 from engine.fit import FitError, Fitter
 from engine.proposal import FAMILIES
-from exact import gaussian_network
+from exact import gaussian_network, hierarchy_net
 
 
 def hierarchy(G=100, N=5, seed=0):
@@ -22,9 +22,7 @@ def hierarchy(G=100, N=5, seed=0):
     m.add_node("z", "latent", "Normal", {"loc": "mu", "scale": 1}, plate="groups")
     m.add_node("x", "observed", "Normal", {"loc": "z", "scale": 1}, plate="obs")
     m.set_data("x", x)
-    net = [("mu", {}, 0, 1, None)] + [(f"z{g}", {"mu": 1}, 0, 1, None) for g in range(G)]
-    net += [(f"x{g}{n}", {f"z{g}": 1}, 0, 1, x[g, n]) for g in range(G) for n in range(N)]
-    return m, gaussian_network(net)
+    return m, gaussian_network(hierarchy_net(x))
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +58,13 @@ def test_qem_reaches_the_exact_posterior(hier, runs):
     assert abs(float(q["mu"].params()["loc"]) - ex["mean"]["mu"]) < 0.25 * math.sqrt(ex["var"]["mu"])
     assert np.max(np.abs(q["z"].params()["loc"].numpy() - zm) / zsd) < 0.35
     assert np.allclose(q["z"].params()["scale"].numpy(), zsd, rtol=0.25)
+    # one iteration's log P_MP spreads by sd (0.22 nat here); 4.5 sd bounds the error of one
+    # estimate, and of an average of correlated ones, whatever the autocorrelation
     last = np.array(runs["qem"].history["elbo"][-100:])
-    assert abs(last.mean() - ex["log_evidence"]) < 1.0
+    sd = last.std(ddof=1)
+    assert abs(last.mean() - ex["log_evidence"]) < 4.5 * sd
     r = runs["qem"].result()
-    assert abs(r.log_marginal - ex["log_evidence"]) < 1.0
+    assert abs(r.log_marginal - ex["log_evidence"]) < 4.5 * sd
 
 
 def test_rws_and_vi_improve_and_are_slower_than_qem(hier, runs):
@@ -73,7 +74,8 @@ def test_rws_and_vi_improve_and_are_slower_than_qem(hier, runs):
         assert w[0] < w[1] < w[2], (method, w)       # improving, in windows of 50 iterations
         assert w[-1] > w[0] + 5
         assert windows(runs["qem"])[1] > w[1] + 1    # QEM is there sooner
-    assert abs(windows(runs["rws"])[-1] - ex["log_evidence"]) < 1.0   # RWS gets there too
+    last = np.array(runs["rws"].history["elbo"][-50:])   # RWS gets there too (4.5 sd, as for QEM)
+    assert abs(last.mean() - ex["log_evidence"]) < 4.5 * last.std(ddof=1)
     w = windows(runs["vi"])
     assert all(b > a - 0.5 for a, b in zip(w, w[1:])), w               # VI: still climbing
 
@@ -205,8 +207,7 @@ def test_predictive_log_likelihood_against_closed_form():
     x = m.data["x"]
     rng = np.random.default_rng(9)
     x_test = (x.mean(1, keepdims=True) + rng.normal(0, 1, (10, 3))).round(4)
-    net = [("mu", {}, 0, 1, None)] + [(f"z{g}", {"mu": 1}, 0, 1, None) for g in range(10)]
-    net += [(f"x{g}{n}", {f"z{g}": 1}, 0, 1, x[g, n]) for g in range(10) for n in range(5)]
+    net = hierarchy_net(x)
     both = net + [(f"t{g}{n}", {f"z{g}": 1}, 0, 1, x_test[g, n]) for g in range(10) for n in range(3)]
     exact = gaussian_network(both)["log_evidence"] - gaussian_network(net)["log_evidence"]
     f = Fitter(m, "qem", K=10, seed=0)
@@ -226,7 +227,7 @@ def test_arviz_export(hier, runs):
     assert "mu" in summary.index and "z[0]" in summary.index and len(summary) == 101
     sd = r.latents["z"]["sd"]
     assert np.all(np.abs(summary.loc[[f"z[{g}]" for g in range(100)], "mean"].to_numpy() - r.latents["z"]["mean"])
-                  < 4.5 * sd / math.sqrt(2000) * 3 + 0.01)   # ESS-limited resampling: ~K distinct values
+                  < 4.5 * sd / math.sqrt(2000) + 1e-6)   # iid draws from the weighted particles: SE sd / sqrt(n)
     ss = idata.sample_stats
     assert ss["log_weight_z"].dims == ("particle", "groups") and ss["ess_z"].shape == (100,)
     assert np.allclose(np.exp(ss["log_weight_z"].values).sum(0), 1, atol=1e-4)

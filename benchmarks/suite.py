@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import models
+from .dask_sweep import bench_sweep
 from .common import loglog_slope, median_ms, mib, run_isolated, spread_ms, time_interleaved
 
 
@@ -38,6 +39,11 @@ class Config:
     # 6: the shipped examples
     examples: tuple = ("radon",)
     examples_K: int = 10
+    # 7: sweeps on Dask against a loop
+    sweep_cells: int = 48
+    sweep_iters: int = 20
+    sweep_K: int = 5
+    sweep_rounds: int = 5
     isolated_warmup: int = 2
     isolated_repeats: int = 7
     timeout_s: float = 900
@@ -48,12 +54,13 @@ class Config:
             base = dict(warmup=1, repeats=2, hg_groups=4, hg_obs=3, hg_K=(3,), agreement_draws=2, blowup_groups=2,
                         blowup_obs=2, blowup_K=(2,), ml_users=4, ml_films=2, ml_features=3, ml_K=(3,),
                         scaling_groups=(2, 4, 8), scaling_K=3, examples=("hierarchical_gaussian",), examples_K=3,
-                        isolated_warmup=1, isolated_repeats=2, timeout_s=300)
+                        sweep_cells=4, sweep_iters=2, sweep_rounds=1, isolated_warmup=1, isolated_repeats=2, timeout_s=300)
             base.update(kw)
             return cls(device=device, **base)
         if quick:
             base = dict(warmup=2, repeats=8, hg_K=(10, 30), agreement_draws=5, blowup_K=(3, 10), ml_K=(10,),
-                        scaling_groups=(10, 100, 1_000, 10_000), isolated_warmup=1, isolated_repeats=3)
+                        scaling_groups=(10, 100, 1_000, 10_000), sweep_cells=24, sweep_rounds=3, isolated_warmup=1,
+                        isolated_repeats=3)
             base.update(kw)
             kw = base
         return cls(device=device, **kw)
@@ -279,4 +286,5 @@ def bench_examples(cfg: Config) -> dict:
 
 
 BENCHMARKS = {"handwritten": bench_handwritten, "pyro": bench_pyro, "blowup": bench_blowup,
-              "movielens": bench_movielens, "scaling": bench_scaling, "examples": bench_examples}
+              "movielens": bench_movielens, "scaling": bench_scaling, "examples": bench_examples,
+              "sweep": bench_sweep}

@@ -293,38 +293,45 @@ def run_sweep(models, methods=("qem", "rws", "is"), Ks=(3, 10, 30, 100), seeds=(
         report("start", {"total": len(todo), "skipped": len(cells) - len(todo), "cluster": describe(client)})
         if not todo:
             return doc
-        from distributed import wait
+        from distributed import as_completed
         # each model document goes to the cluster once (a dict given to scatter alone is scattered key by key)
         shared = {lab: client.scatter([d], hash=False)[0] for lab, d in docs.items() if any(c[0] == lab for c in todo)}
         futures = {client.submit(_task, shared[lab], m, K, s, task_settings, lab, pure=False,
                                  key=f"kn-cell-{lab}-{m}-K{K}-seed{s}-{os.urandom(4).hex()}"): (lab, m, K, s)
                    for lab, m, K, s in todo}
-        pending, done, start = set(futures), 0, time.perf_counter()
+        ended = threading.Event()
+
+        def cancel_unfinished():
+            client.cancel([f for f in futures if not f.done()])
+
+        def watch():   # a stop cancels what is left; as_completed then yields it at once, cancelled
+            while not ended.wait(0.2):
+                if stop.is_set():
+                    cancel_unfinished()
+                    return
+        if stop is not None:
+            threading.Thread(target=watch, daemon=True, name="kn-sweep-stop").start()
+        done, start = 0, time.perf_counter()
         try:
-            while pending:
+            for fut in as_completed(futures):
                 if stop is not None and stop.is_set():
                     break
-                try:   # wakes every half second to look at `stop`
-                    finished, pending = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    continue
-                for fut in finished:
-                    cell = futures[fut]
-                    try:
-                        row = fut.result()
-                    except Exception as e:   # the cell's error, or its worker's death: reported, the grid goes on
-                        row = error_row(*cell, e)
-                    doc["rows"] = [r for r in doc["rows"] if cell_key(r) != cell] + [row]   # replaces a failed row
-                    done += 1
-                    _sort(doc)
-                    if out is not None:
-                        write_atomic(out, doc)
-                    elapsed = time.perf_counter() - start
-                    report("row", {"row": row, "done": done, "total": len(todo), "elapsed": elapsed,
-                                   "eta": elapsed / done * (len(todo) - done)})
+                cell = futures[fut]
+                try:
+                    row = fut.result()
+                except Exception as e:   # the worker died (a cell's own error is its row): reported, the grid goes on
+                    row = error_row(*cell, e)
+                doc["rows"] = [r for r in doc["rows"] if cell_key(r) != cell] + [row]   # replaces a failed row
+                done += 1
+                _sort(doc)
+                if out is not None:
+                    write_atomic(out, doc)
+                elapsed = time.perf_counter() - start
+                report("row", {"row": row, "done": done, "total": len(todo), "elapsed": elapsed,
+                               "eta": elapsed / done * (len(todo) - done)})
         finally:
-            if pending:
-                client.cancel(list(pending))
+            ended.set()
+            cancel_unfinished()   # after a stop, an interrupt or an error here: nothing is left running
     return doc
 
 

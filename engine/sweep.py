@@ -227,8 +227,10 @@ def local_cluster(n_workers: int | None = None):
     from distributed import LocalCluster
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
         raise ModelError(f"workers must be a positive integer, got {n_workers!r}")
+    # the scheduler's HTTP routes (health, metrics) on a free port, not 8787: no dashboard to take it
     return LocalCluster(n_workers=n_workers or machine_workers(), threads_per_worker=1, processes=True,
-                        host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False},
+                        silence_logs=logging.ERROR)
 
 
 @contextlib.contextmanager

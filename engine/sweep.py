@@ -193,10 +193,12 @@ def _resume(out, settings: dict, docs: dict) -> dict:
     doc = {"format": FORMAT, "settings": dict(settings), "models": {}, "rows": []}
     if out is not None and Path(out).exists():
         doc = load(out)
+        old = doc.setdefault("settings", {})
         for k in SETTINGS:
-            if doc["settings"].get(k) != settings[k]:
-                raise ModelError(f"{out}: its rows were run with {k} = {doc['settings'].get(k)!r}, this sweep asks "
+            if old.get(k) != settings[k]:
+                raise ModelError(f"{out}: its rows were run with {k} = {old.get(k)!r}, this sweep asks "
                                  f"for {settings[k]!r}: use the same setting to resume, or another output file")
+        doc.setdefault("models", {})
     for label, d in docs.items():
         digest = model_digest(d)
         old = doc["models"].get(label)
@@ -276,7 +278,7 @@ def run_sweep(models, methods=("qem", "rws", "is"), Ks=(3, 10, 30, 100), seeds=(
     models: {label: Model | kn-model/1 dict | path}. scheduler: None (an embedded
     LocalCluster of n_workers), a scheduler address, or a dask Client. progress(event, info)
     is called with ("start", {"total", "skipped", "cluster"}) and then ("row", {"row", "done",
-    "total", "elapsed", "eta"}) as each cell finishes (eta in seconds, None until one is done).
+    "total", "elapsed", "eta"}) as each cell finishes (seconds; the ETA from the mean so far).
     stop: set it to cancel the cells not yet finished (they are left out of the document).
     The file at `out`, if given, is rewritten atomically after every cell."""
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
@@ -291,6 +293,11 @@ def run_sweep(models, methods=("qem", "rws", "is"), Ks=(3, 10, 30, 100), seeds=(
     todo = [c for c in cells if c not in have]
     report = progress or (lambda event, info: None)
     task_settings = {k: settings[k] for k in SETTINGS}
+    if out is not None:   # a file that cannot be written says so now, not after the first cell
+        try:
+            write_atomic(out, doc)
+        except OSError as e:
+            raise ModelError(f"cannot write the sweep file {str(out)!r} ({e})") from None
     with connect(scheduler, n_workers) as client:
         report("start", {"total": len(todo), "skipped": len(cells) - len(todo), "cluster": describe(client)})
         if not todo:

@@ -98,6 +98,8 @@ def shared():
 def test_compare_tab_runs_a_sweep_of_the_model_on_screen(shared):
     doc = Model.load(MODELS / "hierarchical_gaussian.json").to_dict()
     tab = C.CompareTab(lambda: doc, methods=("qem", "is"), Ks="2,3", seeds="0", iters=3)
+    import panel as pn
+    assert pn.Tabs(("Compare", tab))[0] is not None          # mounts as a Panel object
     assert tab.start()
     assert not tab.start()                       # one sweep at a time
     assert tab.message.visible and "already running" in tab.message.object

@@ -177,6 +177,8 @@ def test_bad_requests_name_what_is_wrong(tmp_path, capsys):
         sw.labels_for([HG, HG])
     with pytest.raises(ModelError, match="iters must be a positive integer"):
         sw.run_sweep({"hg": HG}, iters=0)
+    with pytest.raises(ModelError, match="cannot write the sweep file"):
+        sw.run_sweep({"hg": HG}, iters=1, out=tmp_path / "no" / "such" / "dir.json")
     (tmp_path / "junk.json").write_text('{"rows": []}')
     with pytest.raises(ModelError, match="not a kn-sweep/1 file"):
         sw.load(tmp_path / "junk.json")

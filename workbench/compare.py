@@ -7,8 +7,9 @@ the Compare tab, which runs a sweep of the model on screen and fills in as cells
                                        against iterations and against wall time per method
     CompareTab(get_model_document)     a Panel component: pn.Tabs(..., ("Compare", tab))
 
-This module imports only the engine and Panel/Bokeh (never the rest of the app), so that
-notebooks can use the figures and the app can mount the tab wherever it likes.
+This module imports the engine, Panel/Bokeh and two leaf modules of the workbench (compat,
+exact), never workbench.app: notebooks use the figures without the app, and the app mounts
+the tab wherever it likes.
 """
 from __future__ import annotations
 

@@ -178,8 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate for rws, vi, global")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (as each worker sees it)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--out", required=True, help="the kn-sweep/1 file: rewritten after every cell; an existing "
-                                                "one is resumed (its cells are skipped)")
+    p.add_argument("--out", required=True, help="the kn-sweep/1 file, rewritten as cells finish; an existing one "
+                                                "is resumed (its cells are skipped)")
     p.add_argument("--scheduler", help="a Dask scheduler address (tcp://HOST:8786); default: an embedded "
                                        "LocalCluster, one single-threaded worker per core")
     p.add_argument("--workers", type=int, default=None, help="workers of the embedded cluster (default: cores)")

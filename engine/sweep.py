@@ -11,8 +11,10 @@ their Monte Carlo errors, warnings, history) with the cell's identity and a few 
 A cell is a pure function of the model document, method, K, seed and settings, so it gives
 the same row on any worker (timing fields aside: `TIMING`).
 
-The `kn-sweep/1` file is rewritten after every cell, atomically (a temporary file, then
-os.replace): a kill leaves the previous version whole. A sweep resumes from its file: the
+The `kn-sweep/1` file is rewritten as cells finish (at most once a second, so that short
+cells do not wait on the disk) and when the sweep ends, is stopped or interrupted, always
+atomically (a temporary file, then os.replace): a kill leaves the previous version whole,
+and loses at most the last second's cells. A sweep resumes from its file: the
 cells with a row there are skipped; failed cells are run again. The file's settings (iters,
 lr, device, dtype) and each model's digest must match the new request.
 """
@@ -35,6 +37,7 @@ from .fit import METHODS
 
 FORMAT = "kn-sweep/1"
 SETTINGS = ("iters", "lr", "device", "dtype")
+WRITE_EVERY = 1.0   # seconds: the file is rewritten at most this often while cells finish, and at the end
 TIMING = ("seconds", "seconds_per_iter", "worker")   # fields that differ between runs of one cell; plus history.seconds
 
 
@@ -280,7 +283,7 @@ def run_sweep(models, methods=("qem", "rws", "is"), Ks=(3, 10, 30, 100), seeds=(
     is called with ("start", {"total", "skipped", "cluster"}) and then ("row", {"row", "done",
     "total", "elapsed", "eta"}) as each cell finishes (seconds; the ETA from the mean so far).
     stop: set it to cancel the cells not yet finished (they are left out of the document).
-    The file at `out`, if given, is rewritten atomically after every cell."""
+    The file at `out`, if given, is rewritten atomically as cells finish (see WRITE_EVERY)."""
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ModelError(f"iters must be a positive integer, got {iters!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
@@ -320,7 +323,7 @@ def run_sweep(models, methods=("qem", "rws", "is"), Ks=(3, 10, 30, 100), seeds=(
                     return
         if stop is not None:
             threading.Thread(target=watch, daemon=True, name="kn-sweep-stop").start()
-        done, start = 0, time.perf_counter()
+        done, start, written = 0, time.perf_counter(), -math.inf
         try:
             for fut in as_completed(futures):
                 if stop is not None and stop.is_set():
@@ -333,14 +336,17 @@ def run_sweep(models, methods=("qem", "rws", "is"), Ks=(3, 10, 30, 100), seeds=(
                 doc["rows"] = [r for r in doc["rows"] if cell_key(r) != cell] + [row]   # replaces a failed row
                 done += 1
                 _sort(doc)
-                if out is not None:
+                if out is not None and time.perf_counter() - written >= WRITE_EVERY:
                     write_atomic(out, doc)
+                    written = time.perf_counter()
                 elapsed = time.perf_counter() - start
                 report("row", {"row": row, "done": done, "total": len(todo), "elapsed": elapsed,
                                "eta": elapsed / done * (len(todo) - done)})
         finally:
             ended.set()
             cancel_unfinished()   # after a stop, an interrupt or an error here: nothing is left running
+            if out is not None:
+                write_atomic(out, doc)
     return doc
 
 

@@ -29,9 +29,15 @@ def _events():
     return seen, lambda event, info: seen.append((event, info))
 
 
-def test_eight_cells_on_an_embedded_cluster_of_two_workers(tmp_path):
+def test_eight_cells_on_an_embedded_cluster_of_two_workers(tmp_path, monkeypatch):
     out = tmp_path / "sweep.json"
-    seen, progress = _events()
+    monkeypatch.setattr(sw, "WRITE_EVERY", 0.0)      # the file after every cell
+    seen, on_event = _events()
+
+    def progress(event, info):
+        on_event(event, info)
+        if event == "row":
+            info["in_file"] = len(sw.load(out)["rows"])
     doc = sw.run_sweep({"hg": HG, "es": ES}, methods=("qem", "is"), Ks=(2, 3), seeds=(0,), iters=3, out=out,
                        n_workers=2, progress=progress)
     cells = sw.grid(["hg", "es"], ("qem", "is"), (2, 3), (0,))
@@ -45,6 +51,7 @@ def test_eight_cells_on_an_embedded_cluster_of_two_workers(tmp_path):
     assert seen[0][0] == "start" and seen[0][1]["total"] == 8 and "2 workers" in seen[0][1]["cluster"]
     rows = [info for event, info in seen if event == "row"]
     assert [i["done"] for i in rows] == list(range(1, 9)) and rows[-1]["eta"] == 0
+    assert [i["in_file"] for i in rows] == list(range(1, 9))
     assert all(i["eta"] >= 0 for i in rows)
     # each row is the engine's own result for that cell, computed here
     docs = {"hg": Model.load(HG).to_dict(), "es": Model.load(ES).to_dict()}

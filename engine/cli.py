@@ -91,28 +91,6 @@ def serve(args) -> int:
     return 0
 
 
-def sweep(args) -> int:
-    from . import sweep as sw
-    models = sw.labels_for(args.models)
-    methods = sw.parse_list(args.methods, "--methods", str)
-    Ks, seeds = sw.parse_list(args.K, "--K"), sw.parse_list(args.seeds, "--seeds")
-
-    def progress(event, info):
-        if event == "start":
-            print(f"sweep: {info['total']} cells to run, {info['skipped']} already in {args.out}; "
-                  f"{info['cluster']}", file=sys.stderr, flush=True)
-        elif not args.quiet:
-            print(sw.progress_line(info), file=sys.stderr, flush=True)
-
-    doc = sw.run_sweep(models, methods, Ks, seeds, iters=args.iters, out=args.out, lr=args.lr, device=args.device,
-                       dtype=args.dtype, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
-    bad = sw.failed(doc)
-    print(f"{len(doc['rows'])} rows -> {args.out}" + (f"; failed cells: {len(bad)}" if bad else ""))
-    for r in bad:
-        print(f"  {r['model']} {r['method']} K={r['K']} seed={r['seed']}: {r['error']}")
-    return 1 if bad else 0
-
-
 def _load_data(path: str) -> dict:
     p = Path(path)
     try:
@@ -169,22 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-data", help="held-out observations (.npz or JSON) for predictive log-likelihood")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=fit)
-    p = sub.add_parser("sweep", help="a method x K x seed grid over models, each cell a task on Dask")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="kn-model/1 JSON files (rows name them by file stem)")
-    p.add_argument("--methods", default="qem,rws,is", help="comma-separated: is, qem, rws, vi, global")
-    p.add_argument("--K", default="3,10,30,100", help="comma-separated particle counts")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--iters", type=int, default=100, help="iterations per cell")
-    p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate for rws, vi, global")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (as each worker sees it)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--out", required=True, help="the kn-sweep/1 file, rewritten as cells finish; an existing one "
-                                                "is resumed (its cells are skipped)")
-    p.add_argument("--scheduler", help="a Dask scheduler address (tcp://HOST:8786); default: an embedded "
-                                       "LocalCluster, one single-threaded worker per core")
-    p.add_argument("--workers", type=int, default=None, help="workers of the embedded cluster (default: cores)")
-    p.add_argument("--quiet", action="store_true", help="no line per finished cell")
-    p.set_defaults(func=sweep)
+    from .sweep import add_subcommand as add_sweep
+    add_sweep(sub)
     p = sub.add_parser("serve", help="open the workbench in the browser")
     p.add_argument("model", nargs="?", help="a kn-model/1 JSON file (default: the radon example)")
     p.add_argument("--port", type=int, default=5006)

@@ -373,5 +373,49 @@ def progress_line(info: dict) -> str:
     return head + body + f" ({format_seconds(info['elapsed'])} elapsed, ETA {format_seconds(info['eta'])})"
 
 
+# ---- `kn sweep` -------------------------------------------------------------------------------------
+def add_subcommand(sub) -> None:
+    """Register `kn sweep` on the kn command's subparsers."""
+    p = sub.add_parser("sweep", help="a method x K x seed grid over models, each cell a task on Dask")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="kn-model/1 JSON files (rows name them by file stem)")
+    p.add_argument("--methods", default="qem,rws,is", help=f"comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--K", default="3,10,30,100", help="comma-separated particle counts")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--iters", type=int, default=100, help="iterations per cell")
+    p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate for rws, vi, global")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (as each worker sees it)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--out", required=True, help="the kn-sweep/1 file, rewritten as cells finish; an existing one "
+                                                "is resumed (its cells are skipped)")
+    p.add_argument("--scheduler", help="a Dask scheduler address (tcp://HOST:8786); default: an embedded "
+                                       "LocalCluster, one single-threaded worker per core")
+    p.add_argument("--workers", type=int, default=None, help="workers of the embedded cluster (default: cores)")
+    p.add_argument("--quiet", action="store_true", help="no line per finished cell")
+    p.set_defaults(func=command)
+
+
+def command(args) -> int:
+    """`kn sweep`: progress on stderr, a summary on stdout; exit status 1 if a cell failed."""
+    import sys
+    models = labels_for(args.models)
+    methods = parse_list(args.methods, "--methods", str)
+    Ks, seeds = parse_list(args.K, "--K"), parse_list(args.seeds, "--seeds")
+
+    def progress(event, info):
+        if event == "start":
+            print(f"sweep: {info['total']} cells to run, {info['skipped']} already in {args.out}; "
+                  f"{info['cluster']}", file=sys.stderr, flush=True)
+        elif not args.quiet:
+            print(progress_line(info), file=sys.stderr, flush=True)
+
+    doc = run_sweep(models, methods, Ks, seeds, iters=args.iters, out=args.out, lr=args.lr, device=args.device,
+                    dtype=args.dtype, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
+    bad = failed(doc)
+    print(f"{len(doc['rows'])} rows -> {args.out}" + (f"; failed cells: {len(bad)}" if bad else ""))
+    for r in bad:
+        print(f"  {r['model']} {r['method']} K={r['K']} seed={r['seed']}: {r['error']}")
+    return 1 if bad else 0
+
+
 __all__ = ["run_sweep", "run_cell", "grid", "load", "write_atomic", "local_cluster", "connect", "failed",
            "without_timing", "FORMAT", "TIMING"]

@@ -251,6 +251,7 @@ def connect(scheduler=None, n_workers: int | None = None):
         if scheduler is None:
             cluster = local_cluster(n_workers)
             client = Client(cluster)
+            client.wait_for_workers(len(cluster.workers))
         else:
             try:
                 client = Client(scheduler, timeout="10s")

@@ -234,6 +234,7 @@ def shared_client(n_workers: int | None = None):
         if _cluster["client"] is None:
             _cluster["cluster"] = SW.local_cluster(n_workers)
             _cluster["client"] = Client(_cluster["cluster"])
+            _cluster["client"].wait_for_workers(len(_cluster["cluster"].workers))
         return _cluster["client"]
 
 

@@ -187,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-data", help="held-out observations (.npz or JSON) for predictive log-likelihood")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=fit)
+    from .sweep import add_subcommand as add_sweep
+    add_sweep(sub)
     p = sub.add_parser("serve", help="open the workbench in the browser")
     p.add_argument("model", nargs="?", help="a kn-model/1 JSON file (default: the radon example)")
     p.add_argument("--port", type=int, default=5006)

@@ -157,9 +157,12 @@ def check_out(out: str, model: str | None = None) -> None:
 
 
 def _memory_budget(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
     if not (math.isfinite(v) and v >= 1):
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, got {text[:40]!r}")
     return v
 
 

@@ -263,7 +263,9 @@ def audit(doc, model, sample) -> str | None:
     diff = _first_difference(said, kept)
     if diff:
         return f"the model does not keep {diff} as the document says"
-    for name in names(doc):
+    taken = set(model.graph) | set(model.plates) | set(model.data) | set(model.proposal) | \
+        {n.group for n in model.nodes if n.group}   # not the free-form fields' keys
+    for name in taken:
         if unicodedata.normalize("NFKC", name) != name:
             return f"the name {name!r} was taken although an expression reads it as another"
     for node in doc.get("nodes", []):

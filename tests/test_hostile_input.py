@@ -69,7 +69,7 @@ class HypothesisChooser(RandomChooser):
         return self.data.draw(self.junk_values) if self.rng.random() < 0.5 else super().junk()
 
 
-@settings(max_examples=400, derandomize=True, deadline=None, database=None,
+@settings(max_examples=800, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_mutated_gallery_documents_load_and_run_or_name_the_fault(data):

@@ -50,6 +50,9 @@ def info(args) -> int:
         for i, st in enumerate(comp["steps"]):
             out(f"      step {i + 1}: {st['equation']}  sums out {', '.join(st['sums_out']) or '-'} -> "
                 f"{st['output_elements']:.3g} elements")
+        if "chain" in comp:
+            c = comp["chain"]
+            out(f"      then the {c['description']} ({c['depth']} steps)")
     out(f"estimated peak memory at K={K} ({args.dtype}, with gradients): "
         f"{human_bytes(prog.memory_estimate())}; budget {human_bytes(prog.memory_budget)}")
     if prog.split is not None:

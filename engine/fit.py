@@ -80,9 +80,9 @@ class Fitter:
             K = choose_K(self.model, mode, device, dtype)
         self.method, self.K, self.seed, self.lr = method, K, seed, float(lr)
         self.schedule = qem_schedule({**QEM_SCHEDULE, **self.model.qem, **(qem or {})})
+        self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
         if method == "vi":
             self._check_continuous()
-        self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
         if method != "is":   # the plan does not depend on the proposal: swap in Q
             self.program.proposal = self.program.initial_proposal(seed=seed)
         self.proposal: Proposal = self.program.proposal
@@ -100,12 +100,16 @@ class Fitter:
         self._last_good = None
 
     def _check_continuous(self):
+        """VI's reparameterised gradients need every sampled latent continuous (an enumerated
+        one is summed exactly, not sampled)."""
         for name in self.model.latents:
             node = self.model.node(name)
             fam = self.model.proposal.get(name, {}).get("dist")
-            if DISTRIBUTIONS[node.dist].discrete or (fam in FAMILIES and FAMILIES[fam].discrete):
-                raise ModelError(f"method 'vi' needs every latent continuous, but {name!r} is {node.dist} "
-                                 f"(discrete): use qem or rws")
+            if name not in self.program.enum and (DISTRIBUTIONS[node.dist].discrete or
+                                                 (fam in FAMILIES and FAMILIES[fam].discrete)):
+                raise ModelError(f"method 'vi' needs every latent continuous or enumerated, but {name!r} is "
+                                 f"{node.dist} (discrete) and sampled: use qem or rws, or enumerate it "
+                                 f"(\"enumerate\": true, for a Bernoulli, Categorical or Binomial of few values)")
 
     # ---- the loop ----------------------------------------------------------------------
     def stop(self) -> None:

@@ -136,7 +136,8 @@ class Result:
     def _warnings(self) -> list[dict]:
         out = []
         K, S = self.K, self.n_samples
-        low = {n: d for n, d in self.latents.items() if (d["ess_per_sample"] < LOW_ESS * K).any()}
+        low = {n: d for n, d in self.latents.items()   # (an enumerated latent's weights are its exact posterior)
+               if n not in self.program.enum and (d["ess_per_sample"] < LOW_ESS * K).any()}
         if low:
             parts = [f"{n} ({_share(d['ess_per_sample'] < LOW_ESS * K)}median ESS "
                      f"{np.median(d['ess_per_sample']):.1f})" for n, d in low.items()]

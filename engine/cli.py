@@ -1,4 +1,7 @@
-"""The `kn` command: info, fit, serve."""
+"""The `kn` command: info and fit here; other packages add subcommands (the workbench's
+`serve`) through the `kn.commands` entry point group: each entry is a function taking
+the subparsers object. Heavy modules (torch, the workbench's Panel) are imported only
+when a command runs, so that `kn --help` is quick."""
 from __future__ import annotations
 
 import argparse
@@ -6,19 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .alloc import tune_allocator
 from .errors import ModelError
-from .model import _nulls_to_nan
-from .program import human_bytes
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "models" / "radon.json"
+COMMANDS = "kn.commands"
 
 
 def info(args) -> int:
     from .model import Model
-    from .program import Program
+    from .program import Program, human_bytes
     m = Model.load(args.model)
     prog = Program(m, args.K, device=args.device, dtype=args.dtype, optimize=args.optimize,
                    memory_budget=args.memory_budget)
@@ -55,6 +54,8 @@ def info(args) -> int:
 
 
 def fit(args) -> int:
+    import numpy as np
+
     from .fit import Fitter
     from .model import Model
     m = Model.load(args.model)
@@ -85,13 +86,26 @@ def fit(args) -> int:
     return 0
 
 
-def serve(args) -> int:
-    from workbench import serve as run_server
-    run_server(args.model or str(EXAMPLE), port=args.port, address=args.address, show=args.show)
-    return 0
+def _plugins(sub) -> None:
+    """Subcommands other packages register (entry point group `kn.commands`)."""
+    from importlib.metadata import entry_points
+    for ep in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # a broken plugin must not take `kn info`/`kn fit` with it
+            p = sub.add_parser(ep.name, help=f"(unavailable: {type(e).__name__}: {e})")
+            p.set_defaults(func=lambda args, e=e: _unavailable(ep.name, e))
+
+
+def _unavailable(name, e) -> int:
+    print(f"kn: error: the {name!r} command could not be loaded ({type(e).__name__}: {e})", file=sys.stderr)
+    return 2
 
 
 def _load_data(path: str) -> dict:
+    import numpy as np
+
+    from .model import _nulls_to_nan
     p = Path(path)
     try:
         if p.suffix == ".npz":
@@ -147,12 +161,7 @@ def main(argv=None) -> int:
     p.add_argument("--test-data", help="held-out observations (.npz or JSON) for predictive log-likelihood")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=fit)
-    p = sub.add_parser("serve", help="open the workbench in the browser")
-    p.add_argument("model", nargs="?", help="a kn-model/1 JSON file (default: the radon example)")
-    p.add_argument("--port", type=int, default=5006)
-    p.add_argument("--address", default="127.0.0.1")
-    p.add_argument("--show", action="store_true", help="open a browser tab")
-    p.set_defaults(func=serve)
+    _plugins(sub)
     args = ap.parse_args(argv)
     tune_allocator()   # the process's choice, not the library's: see engine/alloc.py
     try:

@@ -1,0 +1,58 @@
+"""`kn serve` comes from the workbench through the `kn.commands` entry point group (the
+engine imports no workbench); `kn --help` loads neither torch nor Panel; a busy port, a
+bad port or address, a missing model each give one line, not a traceback."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _kn(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+
+
+def test_serve_is_registered_by_the_workbench():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["kn.commands"]
+    assert declared == {"serve": "workbench.cli:register"}
+    installed = {ep.name: ep.value for ep in entry_points(group="kn.commands")}
+    assert installed.get("serve") == "workbench.cli:register", \
+        "the installed metadata is stale: reinstall the project (pip install -e .)"
+    engine_src = "".join(p.read_text() for p in (ROOT / "engine").glob("*.py"))
+    assert "import workbench" not in engine_src and "from workbench" not in engine_src
+
+
+def test_kn_help_loads_no_torch_and_no_panel():
+    code = ("import sys, engine.cli\ntry:\n    engine.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', [m for m in ('torch', 'panel', 'bokeh') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "serve" in out.stdout and "LOADED []" in out.stdout, out.stdout + out.stderr
+
+
+def test_serve_refuses_in_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = {("--port", str(port)): f"port {port} on 127.0.0.1 is in use",
+                 ("--port", "70000"): "a port is a whole number from 1 to 65535",
+                 ("--address", "256.1.1.1"): "not an address of this machine",
+                 ("/nonexistent/model.json",): "no model file"}
+        for args, said in cases.items():
+            out = _kn("serve", *args)
+            assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
+            assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("argv", [["--port", "x"]])
+def test_a_non_number_port_is_argparse_s_one_line(argv):
+    out = _kn("serve", *argv)
+    assert out.returncode == 2 and "invalid int value" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,37 @@
+"""The browser's side of autosave: the last edited model kept in the browser's
+localStorage, so that a refresh (or a crashed tab) can offer it back. The code is inline
+(no CDN); what the browser hands back is hostile input like any upload (bounded and
+checked by workbench.files.model_from_document before use)."""
+from __future__ import annotations
+
+import param
+import panel as pn
+
+KEY = "kn-workbench/autosave"
+MAX_CHARS = 4 << 20        # localStorage holds about 5 MB per site
+
+
+class BrowserStore(pn.custom.JSComponent):
+    """`value` (set from Python) is written to localStorage[key] ("" removes it);
+    `stored` is what localStorage held when the page opened (set by the browser)."""
+
+    key = param.String(default=KEY)
+    value = param.String(default="")
+    stored = param.String(default="")
+    _esm = """
+    export function render({ model }) {
+      try {
+        const held = window.localStorage.getItem(model.key);
+        if (held) { model.stored = held; }
+      } catch (e) { /* storage disabled: no autosave */ }
+      model.on("value", () => {
+        try {
+          if (model.value) { window.localStorage.setItem(model.key, model.value); }
+          else { window.localStorage.removeItem(model.key); }
+        } catch (e) { /* over quota or disabled */ }
+      });
+      const el = document.createElement("span");
+      el.style.display = "none";
+      return el;
+    }
+    """

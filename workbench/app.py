@@ -58,6 +58,12 @@ def _in_ipython() -> bool:
     return get_ipython() is not None
 
 
+def _wrap(*objs, **kw):
+    """A row that wraps when narrow (a pn.Row's minimum width is the sum of its children's,
+    wider than a notebook's output area)."""
+    return pn.FlexBox(*objs, flex_wrap="wrap", align_items="flex-end", sizing_mode="stretch_width", **kw)
+
+
 def _is_figure(obj) -> bool:
     return obj is not None and hasattr(obj, "select")
 
@@ -103,6 +109,7 @@ class Workbench:
         self.shown = None            # the run whose results the views show (a run of the model on screen)
         self._held = False           # see _views_held
         self._callback = None
+        self._batching = False       # see _batch
         self._selected: list = []
         self._rev = 0
         self._extra_tabs: list = []
@@ -157,13 +164,11 @@ class Workbench:
         self.discard_btn.on_click(g(lambda e: self._discard_autosave()))
         self.restore_row = pn.Row(self.restore_text, self.restore_btn, self.discard_btn, visible=False,
                                   css_classes=["wb-restore"], styles={"background": "#e8f1fd", "border-radius": "6px"})
-        wrap = {"flex-wrap": "wrap"}
-        header = pn.Row(pn.pane.HTML("<h2 style='margin:4px 0'>kn-workbench</h2>", margin=(4, 10)),
-                        self.model_name, self.title, self.store, sizing_mode="stretch_width",
-                        styles={"border-bottom": "2px solid #4a6fa5", **wrap})
-        filebar = pn.Row(self.files, self.open_btn, pn.Spacer(width=8), self.save_name, self.save_btn,
-                         pn.Spacer(width=8), self.example, self.load_example_btn, pn.Spacer(width=8),
-                         self.new_btn, self.download, self.upload, sizing_mode="stretch_width", styles=wrap)
+        header = _wrap(pn.pane.HTML("<h2 style='margin:4px 0'>kn-workbench</h2>", margin=(4, 10)),
+                       self.model_name, self.title, self.store, styles={"border-bottom": "2px solid #4a6fa5"})
+        filebar = _wrap(self.files, self.open_btn, pn.Spacer(width=8), self.save_name, self.save_btn,
+                        pn.Spacer(width=8), self.example, self.load_example_btn, pn.Spacer(width=8),
+                        self.new_btn, self.download, self.upload)
 
         # left: edit buttons, the canvas, the forms
         accent = dict(button_type="primary", button_style="outline", **btn)
@@ -189,8 +194,7 @@ class Workbench:
         self.editor_tabs = pn.Tabs(("Node", self.node_form.view), ("Plates", self.plate_form.view),
                                    ("Data", self.data_form.view), dynamic=False, sizing_mode="stretch_width",
                                    styles={"border-top": "1px solid #ddd"})
-        left = pn.Column(pn.Row(self.undo_btn, self.redo_btn, self.add_latent_btn, self.add_obs_btn, self.layout_btn,
-                                styles=wrap, sizing_mode="stretch_width"),
+        left = pn.Column(_wrap(self.undo_btn, self.redo_btn, self.add_latent_btn, self.add_obs_btn, self.layout_btn),
                          self.canvas, hint, self.editor_tabs, sizing_mode="stretch_width", min_width=460,
                          styles={"flex": "1 1 560px"}, margin=(0, 6))
 
@@ -221,10 +225,8 @@ class Workbench:
         self.export = W(pn.widgets.RadioButtonGroup, options=["PNG", "SVG"], value="PNG", width=110,
                         margin=(4, 10), button_type="light")
         self.export.param.watch(g(lambda e: self._set_backend()), "value")
-        controls = pn.Column(pn.Row(self.method, self.K, self.iters, self.lr, self.seed, self.device, styles=wrap,
-                                    sizing_mode="stretch_width"),
-                             pn.Row(self.run_btn, self.stop_btn, self.clear_btn, self.progress, styles=wrap,
-                                    sizing_mode="stretch_width"),
+        controls = pn.Column(_wrap(self.method, self.K, self.iters, self.lr, self.seed, self.device),
+                             _wrap(self.run_btn, self.stop_btn, self.clear_btn, self.progress),
                              self.status, sizing_mode="stretch_width",
                              styles={"background": "#f6f8fa", "border-radius": "6px"})
         self._build_views()
@@ -294,7 +296,7 @@ class Workbench:
             (TABS[4], pn.Column(self.post_note, self.post_warnings, self.post_table, self.post_names,
                                 self.post_plots, **col)),
             (TABS[5], pn.Column(pn.Row(self.deg_latent, self.deg_parent), self.deg_note,
-                                pn.Row(self.deg_heat, self.deg_particles, styles={"flex-wrap": "wrap"}),
+                                _wrap(self.deg_heat, self.deg_particles),
                                 self.deg_coupling, **col)),
             dynamic=False, sizing_mode="stretch_width", min_height=420)
         self.clear_views()
@@ -313,6 +315,32 @@ class Workbench:
     def _repr_mimebundle_(self, include=None, exclude=None):
         return self.layout._repr_mimebundle_(include, exclude)
 
+    @contextlib.contextmanager
+    def _batch(self):
+        """Changes the app makes, sent to a notebook together. Panel inlines its stylesheets
+        when the cell renders (pn.extension(inline=True)) but links those of components added
+        later (a figure, a message, a canvas) from its CDN, which a classroom or a cluster
+        cannot reach (holoviz/panel#7073): they are inlined too, before the batch goes."""
+        if not self.layout._comms or self._batching:     # not in a notebook, or inside a batch
+            yield
+            return
+        from bokeh.models import UIElement
+        from panel.io.notebook import block_comm, patch_inline_stylesheets, push
+        shown = [(root, self.layout._comms[ref][0]) for ref, (root, _) in list(self.layout._models.items())
+                 if ref in self.layout._comms and root.document is not None]
+        self._batching = True
+        try:
+            with block_comm():        # Panel pushes each change at once otherwise
+                yield
+                for root, _ in shown:
+                    for m in root.references():
+                        if isinstance(m, UIElement):
+                            patch_inline_stylesheets(m)
+        finally:
+            self._batching = False
+        for root, comm in shown:
+            push(root.document, comm)
+
     def servable(self, title: str = "kn-workbench"):
         return self.layout.servable(title=title)
 
@@ -321,13 +349,14 @@ class Workbench:
         """fn, but an unexpected exception becomes a message in the app (and a traceback in
         the log) instead of a silent failure; the model is left as it was."""
         def run(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:  # the UI must survive any bug
-                traceback.print_exc()
-                self.alert(f"Something went wrong: {type(e).__name__}: {e}. The model is unchanged.")
-                with contextlib.suppress(Exception):
-                    self.refresh_canvas(force=True)
+            with self._batch():
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as e:  # the UI must survive any bug
+                    traceback.print_exc()
+                    self.alert(f"Something went wrong: {type(e).__name__}: {e}. The model is unchanged.")
+                    with contextlib.suppress(Exception):
+                        self.refresh_canvas(force=True)
         return run
 
     def alert(self, message: str, kind: str = "danger"):
@@ -874,6 +903,10 @@ class Workbench:
     def poll(self) -> bool:
         """Drain finished loads and the runs' events into the views (on the UI's event loop).
         True when nothing is left going."""
+        with self._batch():
+            return self._poll()
+
+    def _poll(self) -> bool:
         self.jobs.drain()
         for ev in self.runs.drain():
             kind, run = ev[0], ev[1]

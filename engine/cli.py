@@ -17,9 +17,12 @@ COMMANDS = "kn.commands"
 
 def info(args) -> int:
     from .model import Model
-    from .program import Program, human_bytes
+    from .program import human_bytes
+    from .program import Program
+    from .fit import choose_K
     m = Model.load(args.model)
-    prog = Program(m, args.K, device=args.device, dtype=args.dtype, optimize=args.optimize,
+    K = choose_K(m, device=args.device, dtype=args.dtype) if args.K == "auto" else args.K
+    prog = Program(m, K, device=args.device, dtype=args.dtype, optimize=args.optimize,
                    memory_budget=args.memory_budget)
     out = print
     out(f"model {m.name!r}: {len(m.latents)} latents, {len(m.observed)} observed")
@@ -33,7 +36,7 @@ def info(args) -> int:
         args_s = ", ".join(f"{a}={v!r}" if not isinstance(v, str) else f"{a}={v}" for a, v in n.args.items())
         extra = f"  Q: {q[n.name]}" if n.kind == "latent" else ""
         out(f"  {n.kind:8s} {n.name} ~ {n.dist}({args_s})  in {where}{extra}")
-    out(f"einsum plan at K={args.K} ({args.optimize}):")
+    out(f"einsum plan at K={K} ({args.optimize}):")
     for comp in prog.plan.describe():
         out(f"  [{comp['plate']}] factors {', '.join(comp['factors'])}; sums out {', '.join(comp['sums_out']) or '-'}")
         out(f"      {comp['equation']}   FLOPs naive {comp['naive_flops']:.3g}, optimised {comp['optimized_flops']:.3g}, "
@@ -41,7 +44,7 @@ def info(args) -> int:
         for i, st in enumerate(comp["steps"]):
             out(f"      step {i + 1}: {st['equation']}  sums out {', '.join(st['sums_out']) or '-'} -> "
                 f"{st['output_elements']:.3g} elements")
-    out(f"estimated peak memory at K={args.K} ({args.dtype}, with gradients): "
+    out(f"estimated peak memory at K={K} ({args.dtype}, with gradients): "
         f"{human_bytes(prog.memory_estimate())}; budget {human_bytes(prog.memory_budget)}")
     if prog.split is not None:
         plate, chunk = prog.split
@@ -54,36 +57,55 @@ def info(args) -> int:
 
 
 def fit(args) -> int:
-    import numpy as np
-
-    from .fit import Fitter
+    from .fit import DEFAULTS, Fitter
     from .model import Model
     m = Model.load(args.model)
     test = None
     if args.test_data:
         test = _load_data(args.test_data)
-    iters = args.iters if args.iters is not None else (1 if args.method == "is" else 100)
+    iters = args.iters if args.iters is not None else (0 if args.method == "is" else DEFAULTS["max_iters"])
+    qem = {k: v for k, v in (("power", args.qem_power), ("offset", args.qem_offset)) if v is not None}
     f = Fitter(m, args.method, K=args.K, seed=args.seed, lr=args.lr, device=args.device, dtype=args.dtype,
-               memory_budget=args.memory_budget)
+               qem=qem, memory_budget=args.memory_budget)
     bar = _Progress(iters, enabled=not args.quiet and sys.stderr.isatty())
-    for step in f.run(iters):
+    step = None
+    for step in f.run(iters, until_converged=True):
         bar.update(step)
     bar.close()
-    r = f.result(test_data=test)
-    doc = r.to_dict()
+    r = f.result(test_data=test, mcse_target=args.mcse_target, max_samples=args.max_samples)
     if args.out:
         r.save(args.out)
-    print(f"{args.method} K={args.K}: log marginal {doc['log_marginal']:.4f}"
-          + (f", predictive log-likelihood {doc['predictive_log_likelihood']:.4f}" if test else "")
+    fitted = f"{f.t} iterations ({'converged' if step is not None and step.converged else 'not converged'}), " \
+        if args.method != "is" else ""
+    print(f"{args.method} K={r.K}: {fitted}{r.n_samples} pooled samples; log P(data) {r.log_marginal:.4f} "
+          f"(MCSE {r.log_marginal_mcse:.3f})"
+          + (f", predictive log-likelihood {r.predictive_log_likelihood:.4f}" if test else "")
           + (f" -> {args.out}" if args.out else ""))
-    for name, d in r.latents.items():
-        mean, sd, ess = (np.asarray(d[k]) for k in ("mean", "sd", "ess"))
-        if mean.size == 1:
-            print(f"  {name:12s} mean {float(mean):10.4f}  sd {float(sd):9.4f}  ess {float(ess):7.2f}")
-        else:
-            print(f"  {name:12s} {mean.shape} mean in [{mean.min():.3f}, {mean.max():.3f}]  "
-                  f"ess min {ess.min():.2f} median {np.median(ess):.2f}")
+    for line in summary_lines(r):
+        print(line)
+    for w in r.warnings:
+        print(f"warning ({w['kind']}): {w['message']}")
     return 0
+
+
+def summary_lines(r, rows_per_latent: int = 12) -> list[str]:
+    """The estimates as a table like az.summary's: mean, sd, their Monte Carlo standard
+    errors, the pooled ESS and a sample's ESS per particle (ESS/K)."""
+    import numpy as np
+    head = f"{'':14s} {'mean':>10s} {'sd':>10s} {'mcse_mean':>10s} {'mcse_sd':>9s} {'ess':>8s} {'ess/K':>6s}"
+    out = [head]
+    for name, d in r.latents.items():
+        shape = d["mean"].shape
+        n_plates = d["ess"].ndim
+        idx = list(np.ndindex(*shape)) if shape else [()]
+        for i in idx[:rows_per_latent]:
+            label = name + (f"[{','.join(map(str, i))}]" if i else "")
+            out.append(f"{label:14s} {d['mean'][i]:10.4g} {d['sd'][i]:10.4g} {d['mcse_mean'][i]:10.2g} "
+                       f"{d['mcse_sd'][i]:9.2g} {d['ess'][i[:n_plates]]:8.1f} "
+                       f"{d['ess_per_sample'][i[:n_plates]] / r.K:6.2f}")
+        if len(idx) > rows_per_latent:
+            out.append(f"{'':14s} ... {len(idx) - rows_per_latent} more elements of {name} (all in --out)")
+    return out
 
 
 def _plugins(sub) -> None:
@@ -100,6 +122,15 @@ def _plugins(sub) -> None:
 def _unavailable(name, e) -> int:
     print(f"kn: error: the {name!r} command could not be loaded ({type(e).__name__}: {e})", file=sys.stderr)
     return 2
+
+
+def _K(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"K must be a positive integer or auto, got {text!r}") from None
 
 
 def _load_data(path: str) -> dict:
@@ -140,7 +171,9 @@ def main(argv=None) -> int:
 
     def common(p):
         p.add_argument("model", help="a kn-model/1 JSON file")
-        p.add_argument("--K", type=int, default=10, help="particles per latent")
+        p.add_argument("--K", type=_K, default="auto",
+                       help="particles per latent (default auto: 30, or 10 or 3 where a K=30 iteration would "
+                            "need over 1 GB)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
         p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
         p.add_argument("--memory-budget", type=float, default=None,
@@ -153,8 +186,15 @@ def main(argv=None) -> int:
     p.set_defaults(func=info)
     p = sub.add_parser("fit", help="run IS, QEM, RWS, VI or global RWS and write a kn-result/1 document")
     common(p)
-    p.add_argument("--method", default="is", choices=["is", "qem", "rws", "vi", "global"])
-    p.add_argument("--iters", type=int, default=None, help="iterations (default 1 for is, else 100)")
+    p.add_argument("--method", default="qem", choices=["is", "qem", "rws", "vi", "global"])
+    p.add_argument("--iters", type=int, default=None,
+                   help="at most this many iterations; fitting stops earlier once the ELBO has converged "
+                        "(default 1000; 0 for is)")
+    p.add_argument("--mcse-target", type=float, default=0.1,
+                   help="pool final samples until every mean's Monte Carlo error is below this many posterior sds")
+    p.add_argument("--max-samples", type=int, default=64, help="... or this many samples are pooled")
+    p.add_argument("--qem-power", type=float, default=None, help="QEM's EMA weight is (t + offset)^-power (0.6)")
+    p.add_argument("--qem-offset", type=float, default=None, help="(2)")
     p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate for rws, vi, global")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the result document here")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .diagnostics import converged, window_for
 from .dists import DISTRIBUTIONS
 from .errors import ModelError
 from .program import Program
@@ -29,6 +30,22 @@ from .proposal import FAMILIES, Proposal
 from .sample import weighted_sum
 
 METHODS = ("is", "qem", "rws", "vi", "global")
+# What `kn fit MODEL` and the workbench run when told nothing else: QEM at K=10 until the
+# ELBO has converged (engine.diagnostics.converged), at most max_iters iterations.
+DEFAULTS = {"method": "qem", "K": "auto", "max_iters": 1000}
+AUTO_K = (30, 10, 3)          # K="auto": the first of these ...
+AUTO_K_BYTES = 1 << 30        # ... whose iteration the planner estimates at no more than this
+QEM_SCHEDULE = {"power": 0.6, "offset": 2}   # QEM's EMA weight (t + offset)^-power at iteration t
+
+
+def choose_K(model, mode: str = "mp", device="auto", dtype="float32") -> int:
+    """The K that K="auto" means: the largest of AUTO_K whose iteration fits AUTO_K_BYTES
+    (eight schools: 30; the radon example, whose county factor holds six K-dims: 10)."""
+    for K in AUTO_K:
+        prog = Program(model, K, mode=mode, device=device, dtype=dtype, memory_budget=1 << 62)
+        if prog.memory_estimate() <= AUTO_K_BYTES:
+            return K
+    return AUTO_K[-1]
 
 
 class FitError(ModelError):
@@ -41,6 +58,7 @@ class Step:
     elbo: float
     ess: dict          # latent -> numpy array over its plate elements
     seconds: float
+    converged: bool = False   # the ELBO has stopped rising (engine.diagnostics.converged)
 
 
 def _iteration_seed(seed: int, t: int) -> int:
@@ -48,17 +66,22 @@ def _iteration_seed(seed: int, t: int) -> int:
 
 
 class Fitter:
-    def __init__(self, model, method: str = "qem", K: int = 10, seed: int = 0, lr: float = 0.03,
-                 device="auto", dtype="float32", ema_power: float = 0.6, memory_budget=None):
+    def __init__(self, model, method: str = "qem", K="auto", seed: int = 0, lr: float = 0.03,
+                 device="auto", dtype="float32", qem: dict | None = None, memory_budget=None):
+        """qem: QEM's step schedule {"power", "offset"} (default the model file's "qem"
+        field, else QEM_SCHEDULE)."""
         if method not in METHODS:
             raise ModelError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not isinstance(lr, (int, float)) or not lr > 0:
             raise ModelError(f"lr must be a positive number, got {lr!r}")
         self.model = model.copy()   # the user may go on editing theirs
-        self.method, self.K, self.seed, self.lr, self.ema_power = method, K, seed, float(lr), ema_power
+        mode = "global" if method == "global" else "mp"
+        if K == "auto":
+            K = choose_K(self.model, mode, device, dtype)
+        self.method, self.K, self.seed, self.lr = method, K, seed, float(lr)
+        self.schedule = qem_schedule({**QEM_SCHEDULE, **self.model.qem, **(qem or {})})
         if method == "vi":
             self._check_continuous()
-        mode = "global" if method == "global" else "mp"
         self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
         if method != "is":   # the plan does not depend on the proposal: swap in Q
             self.program.proposal = self.program.initial_proposal(seed=seed)
@@ -89,15 +112,20 @@ class Fitter:
         """Ask the (current or next) loop to end after its current iteration (safe from any thread)."""
         self._stop.set()
 
-    def run(self, iters: int):
-        """Generator: one `Step` per iteration, until `iters` more are done or stop()."""
-        if not isinstance(iters, int) or iters < 0:
+    def run(self, iters: int, until_converged: bool = False):
+        """Generator: one `Step` per iteration, until `iters` more are done, stop(), or (with
+        `until_converged`) the ELBO has converged; importance sampling ("is") fits nothing,
+        so it never converges early."""
+        if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
             raise ModelError(f"iters must be a non-negative integer, got {iters!r}")
         try:
             for _ in range(iters):
                 if self._stop.is_set():
                     break
-                yield self.step()
+                step = self.step()
+                yield step
+                if until_converged and step.converged:
+                    break
         finally:
             self._stop.clear()   # a stop() asked for before the run began still counts
 
@@ -136,24 +164,26 @@ class Fitter:
         self.history["seconds"].append(seconds)
         self.last_sample = s
         self.t += 1
-        return Step(self.t, s.log_marginal(), ess, seconds)
+        return Step(self.t, s.log_marginal(), ess, seconds,
+                    self.method != "is" and converged(self.history["elbo"], window_for(self.method)))
 
     def _qem(self, s) -> None:
         # The average starts at the initial Q's moments (t = 0 is that Q), so the first
         # update mixes the first E-step's moments in with weight 2^-p instead of replacing Q
         # by them: with weights as degenerate as an early E-step's (ESS ~ 1) a replacement
         # collapses Q onto a particle, and QEM takes hundreds of iterations to recover.
-        eta = (self.t + 2) ** -self.ema_power
+        eta = (self.t + self.schedule["offset"]) ** -self.schedule["power"]
         with torch.no_grad():
             for name in self.program.latents:
                 q = self.proposal[name]
                 if q is None:
                     continue
-                w = s.marginal_weights(name).double()
+                w = s.marginal_weights(name)   # float64, summing to 1
                 new = [weighted_sum(w, st) for st in q.stats(s.values[name].t.detach().double())]
                 m = [torch.lerp(o, n, eta) for o, n in zip(self.moments.get(name, q.initial_moments), new)]
                 self.moments[name] = m
-                q.set_moments([x.to(self.program.dtype) for x in m])
+                q.set_moments(m)   # in float64: Var = E[x^2] - E[x]^2 cancels in float32
+                q.cast(self.program.dtype)
 
     def _wake_loss(self, s) -> torch.Tensor:
         """-sum_k w_k log Q(z^k), weights and particles detached (the wake-phase Q update)."""
@@ -212,6 +242,7 @@ class Fitter:
         return {"t": self.t, "method": self.method, "K": self.K, "seed": self.seed,
                 "proposal": self.proposal.state_dict(),
                 "moments": {k: [x.clone() for x in v] for k, v in self.moments.items()},
+
                 "params": {k: v.detach().clone() for k, v in self.params.items()},
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "history": {k: list(v) for k, v in self.history.items()}}
@@ -221,27 +252,49 @@ class Fitter:
             raise ModelError("checkpoint is from a run with another method, K or seed")
         self._restore((state["proposal"], state["params"]))
         self.moments = {k: [x.clone() for x in v] for k, v in state["moments"].items()}
+
         if self.optimizer and state["optimizer"]:
             self.optimizer.load_state_dict(state["optimizer"])
         self.t = state["t"]
         self.history = {k: list(v) for k, v in state["history"].items()}
 
     # ---- results ------------------------------------------------------------------------------
-    def result(self, K: int | None = None, seed: int | None = None, test_data: dict | None = None):
-        """Final estimates by MP importance weighting with the learned Q at K particles."""
-        from .result import Result
+    def result(self, K: int | None = None, seed: int | None = None, test_data: dict | None = None,
+               mcse_target: float | None = None, max_samples: int | None = None):
+        """Final estimates: independent MP samples with the learned Q (a copy: the run may go
+        on) at K particles, pooled until every mean's Monte Carlo error is below
+        `mcse_target` posterior sds or `max_samples` are drawn (see engine.result)."""
+        from . import result as R
         K = K or self.K
+        params = {k: v.detach().clone() for k, v in self.params.items()}
         prog = Program(self.model, K, mode="global" if self.method == "global" else "mp",
-                       device=self.program.device, dtype=self.program.dtype, proposal=self.proposal,
-                       params=self.params, memory_budget=self.program.memory_budget)
-        s = prog.sample(_iteration_seed(self.seed if seed is None else seed, -1))
-        return Result(self.model, s, method=self.method, seed=self.seed, history=self.history,
-                      test_data=test_data)
+                       device=self.program.device, dtype=self.program.dtype,
+                       proposal=Proposal.from_state_dict(self.proposal.state_dict()),
+                       params=params, memory_budget=self.program.memory_budget,
+                       defensive=R.DEFENSIVE if self.method != "is" else 0.0)
+        return R.Result(self.model, prog, method=self.method, seed=self.seed if seed is None else seed,
+                        history={k: list(v) for k, v in self.history.items()}, test_data=test_data,
+                        mcse_target=R.MCSE_TARGET if mcse_target is None else mcse_target,
+                        max_samples=R.MAX_SAMPLES if max_samples is None else max_samples)
 
 
-def fit(model, method: str = "qem", K: int = 10, iters: int = 100, **kw):
+def qem_schedule(s: dict) -> dict:
+    """QEM's step schedule, checked: the weights (t + offset)^-power must be in (0, 1] and,
+    for the average to converge (the QEM paper's theorem 1), 0 < power <= 1."""
+    for k in s:
+        if k not in QEM_SCHEDULE:
+            raise ModelError(f"qem schedule: unknown field {k!r} (fields: power, offset)")
+    power, offset = s["power"], s["offset"]
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power <= 1:
+        raise ModelError(f"qem schedule: 'power' must be a number in (0, 1], got {power!r}")
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not offset >= 1:
+        raise ModelError(f"qem schedule: 'offset' must be a number of at least 1, got {offset!r}")
+    return {"power": float(power), "offset": float(offset)}
+
+
+def fit(model, method: str = "qem", K="auto", iters: int = 100, **kw):
     """Iterate a fresh Fitter: `for step in fit(model, "qem", K=10): ...`."""
     return Fitter(model, method, K, **kw).run(iters)
 
 
-__all__ = ["Fitter", "FitError", "Step", "METHODS", "fit"]
+__all__ = ["Fitter", "FitError", "Step", "METHODS", "DEFAULTS", "fit"]

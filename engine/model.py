@@ -75,7 +75,8 @@ class Model:
         self.plates: dict[str, Plate] = {}
         self.data: dict[str, np.ndarray] = {}
         self.data_plates: dict[str, list[str]] = {}   # optional explicit plates of covariates
-        self.proposal: dict[str, dict] = {}            # latent -> {"dist": family}
+        self.proposal: dict[str, dict] = {}            # latent -> {"dist": family, "init"?: {param: value}}
+        self.qem: dict = {}                            # QEM's step schedule {"power", "offset"}, if set
         self.description = ""
         self.extras: dict = {}   # optional fields the engine keeps but does not read: layout, exact
 
@@ -286,6 +287,8 @@ class Model:
             doc["data_plates"] = dict(self.data_plates)
         if self.proposal:
             doc["proposal"] = copy.deepcopy(self.proposal)
+        if self.qem:
+            doc["qem"] = dict(self.qem)
         doc.update(copy.deepcopy(self.extras))
         return doc
 
@@ -296,7 +299,7 @@ class Model:
         if doc.get("format") != FORMAT:
             raise ModelError(f"field 'format' must be {FORMAT!r}, got {doc.get('format')!r}")
         known = {"format", "name", "description", "plates", "nodes", "data", "data_file", "data_plates", "proposal",
-                 *EXTRAS}
+                 "qem", *EXTRAS}
         for k in doc:
             if k not in known:
                 raise ModelError(f"unknown field {k!r} (fields: {', '.join(sorted(known))})")
@@ -355,6 +358,12 @@ class Model:
                 cyc = [e[0] for e in nx.find_cycle(g)]
                 raise ModelError(f"node {cyc[0]!r}: the model has a cycle {' -> '.join(cyc + [cyc[0]])}")
         m.proposal = {k: dict(v) for k, v in (doc.get("proposal") or {}).items()}
+        if "qem" in doc:
+            from .fit import QEM_SCHEDULE, qem_schedule
+            if not isinstance(doc["qem"], dict):
+                raise ModelError(f"field 'qem' must be an object {{\"power\": p, \"offset\": t0}}, got {doc['qem']!r}")
+            qem_schedule({**QEM_SCHEDULE, **doc["qem"]})   # checked now, not at the first fit
+            m.qem = dict(doc["qem"])
         m.extras = {k: copy.deepcopy(doc[k]) for k in EXTRAS if k in doc}
         if m.graph.nodes:
             m.validate()

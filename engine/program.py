@@ -49,13 +49,14 @@ def resolve_dtype(dtype) -> torch.dtype:
 class Program:
     def __init__(self, model: Model, K: int, *, mode: str = "mp", device="auto", dtype="float32",
                  proposal="prior", params: dict | None = None, optimize: str = "greedy",
-                 memory_budget=None):
+                 memory_budget=None, defensive: float = 0.0):
         if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
             raise ModelError(f"K must be a positive integer, got {K!r}")
         if mode not in ("mp", "global"):
             raise ModelError(f"mode must be 'mp' or 'global', got {mode!r}")
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
+        self.defensive = float(defensive)   # share of each latent's particles drawn from its prior
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
         if self.device.type == "cuda":
             torch.cuda.init()   # its generators exist only after CUDA's lazy initialisation
@@ -142,36 +143,48 @@ class Program:
 
     def initial_proposal(self, K: int = 1000, seed: int = 0) -> Proposal:
         """Q for every latent that has a family (the model's `proposal` field, else the
-        default for its support), moment-matched to the prior marginals."""
+        default for its support and shape), started at the model file's `"init"` where it
+        gives one, else moment-matched to the prior marginals. Those come from K prior draws
+        (fewer where the plates are large: at most PRIOR_DRAW_ELEMENTS values in all), each
+        element's draws winsorised at their 5% and 95% quantiles, so that a heavy-tailed or
+        exploding prior (a HalfCauchy, a random walk) still gives a Q of usable scale."""
+        n_elems = sum(math.prod(self.plate_sizes[p] for p in self.chain[i]) * math.prod(self.model.node(i).shape or ())
+                      for i in self.latents)
+        K = int(min(K, max(16, PRIOR_DRAW_ELEMENTS // max(n_elems, 1))))
         fams = {}
         with torch.no_grad():
             prior = Program(self.model, K, mode="global", device=self.device, dtype=self.dtype,
-                            params=self.params)
+                            params=self.params, memory_budget=1 << 62)   # draws only: nothing is contracted
             values = prior._draw(seed, reparam=False)
         for i in self.latents:
             node = self.model.node(i)
-            choice = self.model.proposal.get(i, {}).get("dist")
+            entry = self.model.proposal.get(i, {})
+            choice = entry.get("dist")
             v = values[i]
-            spec = self.specs[i]
             if choice is None:
-                support = spec.cls.support
+                support = self.specs[i].cls.support
                 support = None if constraints.is_dependent(support) else support
-                choice = default_family(node.dist, support)
+                shape = node.shape or ()
+                choice = default_family(node.dist, support, shape[0] if len(shape) == 1 else 1)
             if choice in (None, "prior"):
                 fams[i] = None
                 continue
             cls = check_family(choice, f"proposal for {i!r}")
-            x = v.expand_to(("K", *self.chain[i]), prior.sizes)
+            x = v.expand_to(("K", *self.chain[i]), prior.sizes).double()
             raw = {}
             if cls.name == "Categorical":   # its statistics (one-hot) need the number of categories
                 n = max(int(x.max().item()) + 1, _categories(node, prior, values))
-                raw = {"logits": torch.zeros(*x.shape[1:], n, dtype=self.dtype, device=self.device)}
+                raw = {"logits": torch.zeros(*x.shape[1:], n, dtype=torch.float64, device=self.device)}
             elif cls.discrete and not _integer_valued(x):
                 raise ModelError(f"proposal for {i!r}: {cls.name} needs integer values")
             f = cls(raw, v.event_shape)
-            f.initial_moments = [s.mean(0) for s in f.stats(x.double())]   # QEM starts its average here
-            f.set_moments([m.to(self.dtype) for m in f.initial_moments])
-            fams[i] = f
+            if "init" in entry:
+                moments = f.expected_stats(_init_params(f, entry["init"], x.shape[1:], i))
+            else:
+                moments = [st.mean(0) for st in f.stats(x if cls.discrete else _winsorised(x))]
+            f.initial_moments = moments   # float64: QEM starts its average here
+            f.set_moments(moments)
+            fams[i] = f.cast(self.dtype)
         return Proposal(fams)
 
     # ---- data ----------------------------------------------------------------------------
@@ -320,27 +333,39 @@ class Program:
                     continue
                 q = self.proposal[name]
                 if q is not None:
-                    values[name] = Named(q.sample(self.K, reparam), self.own[name])
+                    x = q.sample(self.K, reparam)
+                    if self._defends(q):   # each particle from the prior instead with probability defensive
+                        pick = torch.rand(x.shape[:len(self.own[name])], device=self.device) < self.defensive
+                        prior = self._draw_prior(node, values, reparam).t
+                        x = torch.where(pick.reshape(*pick.shape, *[1] * (x.dim() - pick.dim())), prior, x)
+                    values[name] = Named(x, self.own[name])
                     continue
-                kd, target = self.kdim[name], self.own[name]
-                sizes = [self.sizes[d] for d in target]
-                perms = {p: torch.rand(sizes, device=self.device).argsort(0)
-                         for p in self.latent_parents[name] if self.kdim[p] != kd}
-                args = self._args(node, self._env(node, values, kd, perms))
-                d, dims, n_extra = self._dist(node, args, target)
-                extra = node.shape[:n_extra] if node.shape is not None else d.batch_shape[len(dims):]
-                try:
-                    d = d.expand((*sizes, *extra))
-                except RuntimeError as e:
-                    raise ModelError(f"{node.where()}: its arguments do not fit shape {list(node.shape or ())}: "
-                                     f"{str(e).splitlines()[0]}") from None
-                if reparam and not d.has_rsample:
-                    raise ModelError(f"{node.where()}: {node.dist} cannot be sampled by reparameterisation")
-                x = d.rsample() if reparam else d.sample()
-                values[name] = Named(x, target)
+                values[name] = self._draw_prior(node, values, reparam)
         finally:
             gen.set_state(state)
         return values
+
+    def _defends(self, q) -> bool:
+        return self.defensive > 0 and q is not None and not q.discrete   # discrete Q mix in a uniform already
+
+    def _draw_prior(self, node: Node, values: dict[str, Named], reparam: bool) -> Named:
+        """K particles of a latent from its prior, each parent particle on another K-dim
+        coupled to the child's by a random permutation per plate element."""
+        kd, target = self.kdim[node.name], self.own[node.name]
+        sizes = [self.sizes[d] for d in target]
+        perms = {p: torch.rand(sizes, device=self.device).argsort(0)
+                 for p in self.latent_parents[node.name] if self.kdim[p] != kd}
+        args = self._args(node, self._env(node, values, kd, perms))
+        d, dims, n_extra = self._dist(node, args, target)
+        extra = node.shape[:n_extra] if node.shape is not None else d.batch_shape[len(dims):]
+        try:
+            d = d.expand((*sizes, *extra))
+        except RuntimeError as e:
+            raise ModelError(f"{node.where()}: its arguments do not fit shape {list(node.shape or ())}: "
+                             f"{str(e).splitlines()[0]}") from None
+        if reparam and not d.has_rsample:
+            raise ModelError(f"{node.where()}: {node.dist} cannot be sampled by reparameterisation")
+        return Named(d.rsample() if reparam else d.sample(), target)
 
     def _log_prob(self, node: Node, values: dict[str, Named], offset: Named | None = None) -> Named:
         """log P(node | its parents' particles), plus `offset` (a tensor over fewer dims:
@@ -418,16 +443,18 @@ class Program:
                     # prior proposal with nothing to mix over: log P - log Q is exactly 0
                     lp = j if j is not None else \
                         Named(torch.zeros([sizes[d] for d in own], dtype=self.dtype, device=self.device), own)
-                elif q is None:
+                elif q is None or self._defends(q):
                     lp = self._log_prob(node, values)
                     mix = tuple(i for i, d in enumerate(lp.dims) if d in self.kdim.values() and d != self.kdim[name])
-                    f = lp.t - (torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K))
+                    log_q = torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K) if mix else lp.t
+                    if q is not None:   # Q_MP = (1 - defensive) Q + defensive * (the prior's mixture)
+                        log_own = Named(self._narrow_q(q, name).log_prob(values[name].t), own).align(lp.dims, 0)
+                        log_q = torch.logaddexp(math.log1p(-self.defensive) + log_own,
+                                                math.log(self.defensive) + log_q)
+                    f = lp.t - log_q
                     lp = Named(f if j is None else f + j.align(lp.dims, 0), lp.dims)
                 else:
-                    if self._window is not None and self._window[0] in self.chain[name]:
-                        plate, i, k = self._window
-                        q = q.narrow(self.chain[name].index(plate), i, k)
-                    log_q = q.log_prob(values[name].t)
+                    log_q = self._narrow_q(q, name).log_prob(values[name].t)
                     lp = self._log_prob(node, values, Named(-log_q if j is None else j.t - log_q, own))
             else:
                 lp = self._log_prob(node, values)
@@ -435,6 +462,13 @@ class Program:
                 lp = Named(lp.expand_to(dims, sizes), dims)
             out[name] = lp
         return out
+
+    def _narrow_q(self, q, name):
+        """Q restricted to the chunk being computed, if any."""
+        if self._window is not None and self._window[0] in self.chain[name]:
+            plate, i, k = self._window
+            return q.narrow(self.chain[name].index(plate), i, k)
+        return q
 
     def contract(self, values: dict[str, Named]):
         """log P_MP of one sample, with a zero source term J_i on every latent's factor.
@@ -579,6 +613,59 @@ def _permute(v: Named, src: str, kd: str, chain: tuple[str, ...], perm: torch.Te
     t = t.expand(*perm.shape, *rest)
     idx = perm.reshape(*perm.shape, *[1] * len(rest)).expand(*perm.shape, *rest)
     return Named(torch.gather(t, 0, idx), dims)
+
+
+PRIOR_DRAW_ELEMENTS = 1 << 25   # prior draws for the starting Q: at most this many values in all
+
+
+def _winsorised(x: torch.Tensor, tail: float = 0.05) -> torch.Tensor:
+    """x (draws first) with each element's draws clipped to their tail and 1 - tail
+    quantiles; non-finite draws count as the largest."""
+    x = torch.where(torch.isfinite(x), x, torch.finfo(x.dtype).max)
+    xs = x.sort(0).values
+    n = x.shape[0] - 1
+    return torch.minimum(torch.maximum(x, xs[int(tail * n)]), xs[int((1 - tail) * n)])
+
+
+def _init_params(family, init, shape, latent: str) -> dict[str, torch.Tensor]:
+    """A model file's starting Q (`"init": {"loc": 0, "scale": 1}`), each parameter a number
+    or a nested list broadcast to the latent's (*plates, *event) shape, checked in range."""
+    where = f"proposal for {latent!r}, field 'init'"
+    if not isinstance(init, dict):
+        raise ModelError(f"{where}: must be an object of {family.name} parameters, got {init!r}")
+    names = set(family.shown) | ({"scale"} if family.name == "MultivariateNormal" else set())
+    unknown = set(init) - names
+    if unknown:
+        raise ModelError(f"{where}: {family.name} has no parameter {sorted(unknown)[0]!r} (its parameters: "
+                         f"{', '.join(family.shown)})")
+    out = {}
+    for k, v in init.items():
+        try:
+            t = torch.as_tensor(v, dtype=torch.float64)
+            target = tuple(shape)
+            if k == "probs" and family.name == "Categorical":
+                target += t.shape[-1:]
+            elif k == "covariance_matrix":
+                target += tuple(shape[-1:])
+            t = t.expand(target).clone()
+        except (TypeError, ValueError, RuntimeError):
+            raise ModelError(f"{where}: {k!r} must be a number or a list that broadcasts to the latent's "
+                             f"shape {list(shape)} (plates, then event), got {v!r}") from None
+        if not bool(torch.isfinite(t).all()):
+            raise ModelError(f"{where}: {k!r} must be finite, got {v!r}")
+        if k not in ("loc", "covariance_matrix") and not bool((t > 0).all()):
+            raise ModelError(f"{where}: {k!r} must be positive, got {v!r}")
+        if k == "probs" and not bool((t <= 1).all()):
+            raise ModelError(f"{where}: 'probs' must lie in (0, 1], got {v!r}")
+        out[k] = t
+    missing = [k for k in family.shown if k not in out and not (k == "covariance_matrix" and "scale" in out)]
+    if missing:
+        raise ModelError(f"{where}: {family.name} needs {', '.join(repr(k) for k in missing)}")
+    if family.name == "MultivariateNormal" and "scale" in out:
+        out["covariance_matrix"] = torch.diag_embed(out.pop("scale") ** 2)
+    if family.name == "MultivariateNormal" and not bool(torch.linalg.cholesky_ex(out["covariance_matrix"]).info.eq(0).all()):
+        raise ModelError(f"{where}: 'covariance_matrix' must be symmetric positive definite")
+    return out
 
 
 def _integer_valued(x: torch.Tensor) -> bool:

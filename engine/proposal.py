@@ -38,8 +38,10 @@ def _dirichlet_from_mean_log(mlog: torch.Tensor, iters: int = 50) -> torch.Tenso
 
 
 def _gamma_shape(s: torch.Tensor, iters: int = 8) -> torch.Tensor:
-    """Shape a with log a - digamma(a) = s (s = log E x - E log x > 0), by Newton."""
-    s = s.clamp_min(_EPS)
+    """Shape a with log a - digamma(a) = s (s = log E x - E log x > 0), by Newton. s is
+    about cv^2 / 2, so a scale whose sd is a thousandth of its mean has s ~ 5e-7: the floor
+    is far below that (moments come in float64)."""
+    s = s.clamp_min(1e-12)
     a = (3 - s + torch.sqrt((s - 3) ** 2 + 24 * s)) / (12 * s)
     for _ in range(iters):
         a = a - (torch.log(a) - torch.digamma(a) - s) / (1 / a - torch.polygamma(1, a))
@@ -66,6 +68,16 @@ class Family:
     @property
     def n_extra(self):
         return len(self.event_shape) - self.value_rank
+
+    def cast(self, dtype: torch.dtype) -> "Family":
+        """The parameters in `dtype`: QEM's M-step maps float64 moments, then casts."""
+        self.raw = {k: v.to(dtype) for k, v in self.raw.items()}
+        return self
+
+    def expected_stats(self, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """E[stats(x)] under this family with constrained parameters `params` (a model
+        file's starting Q, `"init"`): the moments QEM's average starts from."""
+        raise NotImplementedError
 
     def dist(self) -> D.Distribution:
         raise NotImplementedError
@@ -121,8 +133,11 @@ class NormalQ(Family):
 
     def set_moments(self, m):
         sq = m[0] * m[0]
-        var = (m[1] - sq).clamp_min(_EPS * (1 + sq))
+        var = (m[1] - sq).clamp_min(16 * torch.finfo(sq.dtype).eps * (1 + sq))   # rounding, not a prior
         self.raw = {"loc": m[0].clone(), "log_scale": 0.5 * torch.log(var)}
+
+    def expected_stats(self, p):
+        return [p["loc"], p["loc"] ** 2 + p["scale"] ** 2]
 
 
 class LogNormalQ(Family):
@@ -136,6 +151,7 @@ class LogNormalQ(Family):
         return [lx, lx * lx]
 
     set_moments = NormalQ.set_moments
+    expected_stats = NormalQ.expected_stats
 
 
 class GammaQ(Family):
@@ -151,6 +167,10 @@ class GammaQ(Family):
         mean = m[0].clamp_min(1e-30)
         a = _gamma_shape(torch.log(mean) - m[1])
         self.raw = {"log_concentration": torch.log(a), "log_rate": torch.log(a / mean)}
+
+    def expected_stats(self, p):
+        a, b = p["concentration"], p["rate"]
+        return [a / b, torch.digamma(a) - torch.log(b)]
 
 
 class InverseGammaQ(Family):
@@ -168,6 +188,10 @@ class InverseGammaQ(Family):
         a = _gamma_shape(torch.log(mean) + m[1])
         self.raw = {"log_concentration": torch.log(a), "log_rate": torch.log(a / mean)}
 
+    def expected_stats(self, p):
+        a, b = p["concentration"], p["rate"]
+        return [a / b, torch.log(b) - torch.digamma(a)]
+
 
 class ExponentialQ(Family):
     name, shown = "Exponential", ("rate",)
@@ -180,6 +204,9 @@ class ExponentialQ(Family):
 
     def set_moments(self, m):
         self.raw = {"log_rate": -torch.log(m[0].clamp_min(1e-30))}
+
+    def expected_stats(self, p):
+        return [1 / p["rate"]]
 
 
 class BetaQ(Family):
@@ -196,6 +223,10 @@ class BetaQ(Family):
         alpha = _dirichlet_from_mean_log(torch.stack([m[0], m[1]], -1))
         self.raw = {"log_c1": torch.log(alpha[..., 0]), "log_c0": torch.log(alpha[..., 1])}
 
+    def expected_stats(self, p):
+        a, b = p["concentration1"], p["concentration0"]
+        return [torch.digamma(a) - torch.digamma(a + b), torch.digamma(b) - torch.digamma(a + b)]
+
 
 class DirichletQ(Family):
     name, shown, value_rank = "Dirichlet", ("concentration",), 1
@@ -208,6 +239,10 @@ class DirichletQ(Family):
 
     def set_moments(self, m):
         self.raw = {"log_concentration": torch.log(_dirichlet_from_mean_log(m[0]))}
+
+    def expected_stats(self, p):
+        a = p["concentration"]
+        return [torch.digamma(a) - torch.digamma(a.sum(-1, keepdim=True))]
 
     def sample(self, K, reparam):
         x = super().sample(K, reparam)
@@ -238,6 +273,9 @@ class BernoulliQ(Family):
         p = m[0].clamp(1e-6, 1 - 1e-6)
         self.raw = {"logits": torch.log(p) - torch.log1p(-p)}
 
+    def expected_stats(self, p):
+        return [p["probs"]]
+
 
 class CategoricalQ(Family):
     name, shown, discrete = "Categorical", ("probs",), True
@@ -257,6 +295,9 @@ class CategoricalQ(Family):
         p = m[0].clamp_min(1e-6)
         self.raw = {"logits": torch.log(p / p.sum(-1, keepdim=True))}
 
+    def expected_stats(self, p):
+        return [p["probs"] / p["probs"].sum(-1, keepdim=True)]
+
 
 class PoissonQ(Family):
     name, shown, discrete = "Poisson", ("rate",), True
@@ -269,6 +310,9 @@ class PoissonQ(Family):
 
     def set_moments(self, m):
         self.raw = {"log_rate": torch.log(m[0].clamp_min(1e-6))}
+
+    def expected_stats(self, p):
+        return [p["rate"]]
 
 
 class MultivariateNormalQ(Family):
@@ -296,16 +340,29 @@ class MultivariateNormalQ(Family):
         raw = torch.tril(L, -1) + torch.diag_embed(torch.log(torch.diagonal(L, 0, -2, -1)))
         self.raw = {"loc": mu.clone(), "tril": raw}
 
+    def expected_stats(self, p):
+        mu, cov = p["loc"], p["covariance_matrix"]
+        return [mu, cov + mu.unsqueeze(-1) * mu.unsqueeze(-2)]
+
 
 FAMILIES: dict[str, type[Family]] = {c.name: c for c in [
     NormalQ, LogNormalQ, GammaQ, InverseGammaQ, ExponentialQ, BetaQ, DirichletQ, BernoulliQ,
     CategoricalQ, PoissonQ, MultivariateNormalQ]}
 
 
-def default_family(prior_dist: str, support) -> str | None:
-    """The Q family for a latent whose prior is `prior_dist` with `support`, or None (prior)."""
+# A Normal latent with a vector event of up to this many entries gets a MultivariateNormal Q
+# by default: regression coefficients are correlated a posteriori, and an independent Q per
+# entry then misses the posterior badly (its cost is d^2 statistics per plate element).
+MVN_MAX_SIZE = 32
+
+
+def default_family(prior_dist: str, support, event_size: int = 1) -> str | None:
+    """The Q family for a latent whose prior is `prior_dist` with `support` and `event_size`
+    entries per plate element, or None (the prior as proposal)."""
     if prior_dist in ("MultivariateNormal", "Dirichlet", "Categorical", "Bernoulli", "Poisson"):
         return prior_dist
+    if prior_dist == "Normal" and 1 < event_size <= MVN_MAX_SIZE:
+        return "MultivariateNormal"
     if prior_dist == "NegativeBinomial":
         return "Poisson"
     if support is constraints.real:

@@ -53,7 +53,7 @@ class Sample:
             return []
         grads = torch.autograd.grad(self.log_p, inputs, retain_graph=True, allow_unused=True)
         if names:
-            self._weights = {n: torch.zeros_like(self.sources[n]) if g is None else g for n, g in zip(names, grads)}
+            self._weights = {n: _normalised(self.sources[n] if g is None else g) for n, g in zip(names, grads)}
         return list(grads[len(names):])   # None for a parameter log P_MP does not depend on
 
     def _all_weights(self) -> dict[str, torch.Tensor]:
@@ -67,7 +67,8 @@ class Sample:
         return name
 
     def marginal_weights(self, name: str) -> torch.Tensor:
-        """(K, *plates) weights of latent `name`'s particles; they sum to 1 per plate element."""
+        """(K, *plates) weights of latent `name`'s particles, float64, summing to 1 per plate
+        element (renormalised: see `_normalised`)."""
         return self._all_weights()[self._latent(name)]
 
     def joint_marginal(self, name: str) -> Named:
@@ -87,17 +88,24 @@ class Sample:
             (g,) = torch.autograd.grad(log_p, leaf)
         return Named(g.detach(), f.dims)
 
+    def particles(self, name: str) -> torch.Tensor:
+        """(K, *plates, *event) particle values of latent `name`, detached, in float64."""
+        self._latent(name)
+        return self.values[name].expand_to(self.program.own[name], self.program.sizes).detach().double()
+
     def expectation(self, name: str, fn=lambda x: x) -> torch.Tensor:
-        """Posterior E[fn(z)] per plate element: (*plates, *event)."""
-        w = self.marginal_weights(name)   # checks the name
-        return weighted_sum(w, fn(self.values[name].expand_to(self.program.own[name], self.program.sizes)).detach())
+        """Posterior E[fn(z)] per plate element, in float64: (*plates, *event)."""
+        return weighted_sum(self.marginal_weights(name), fn(self.particles(name)))
 
     def mean(self, name: str) -> torch.Tensor:
         return self.expectation(name)
 
     def var(self, name: str) -> torch.Tensor:
-        m = self.mean(name)
-        return (self.expectation(name, lambda x: x * x) - m * m).clamp_min(0)
+        """Centred (two-pass) in float64: E[x^2] - E[x]^2 cancels to nothing for a latent
+        whose mean is many times its sd."""
+        x = self.particles(name)
+        w = self.marginal_weights(name)
+        return weighted_sum(w, (x - weighted_sum(w, x)).square())
 
     def sd(self, name: str) -> torch.Tensor:
         return self.var(name).sqrt()
@@ -150,6 +158,16 @@ class Sample:
             dims = ("draw", *prog.chain[i])
             out[i] = v.expand_to(dims, {"draw": n, **prog.sizes}).detach()
         return out
+
+
+def _normalised(g: torch.Tensor) -> torch.Tensor:
+    """Marginal weights from the source-term gradient, in float64, renormalised per plate
+    element. In float32 the gradient sums to 1 only to about |log P_MP| * 2^-24 (and to K
+    where log-densities are so large that the logsumexp's log-sum is lost to rounding);
+    dividing by the sum makes every moment a proper weighted average."""
+    w = g.detach().double().clamp_min(0)
+    total = w.sum(0, keepdim=True)
+    return torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), 1.0 / w.shape[0])
 
 
 def weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

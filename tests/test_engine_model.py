@@ -50,7 +50,7 @@ def test_issue_document_loads_and_round_trips(tmp_path):
     assert Model.load(path).to_dict() == m.to_dict()
     s = m.sample(K=5, seed=0)
     assert s.marginal_weights("a").shape == (5, 2)
-    assert torch.allclose(s.marginal_weights("a").sum(0), torch.ones(2))
+    assert torch.allclose(s.marginal_weights("a").sum(0), torch.ones(2, dtype=torch.float64))
 
 
 def test_missing_values_are_masked():

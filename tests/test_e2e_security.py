@@ -111,7 +111,7 @@ def test_links_fifos_and_big_files_do_not_stop_the_server(browser, served):
     offered = pg.locator(".wb-files select option").all_inner_texts()
     assert "big.json" in offered and not {"zero.json", "passwd.json", "fifo.json"} & set(offered)
     _open(pg, "big.json")
-    _wait_text(pg, ".wb-alert-danger", "over the limit")
+    _wait_text(pg, ".wb-alert-danger", "limit")
     other = _page(browser, served)                                            # the server still serves
     other.locator(".wb-example select").first.select_option("seeds")
     other.get_by_role("button", name="Load example").click()

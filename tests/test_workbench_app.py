@@ -43,7 +43,9 @@ def test_jupyter_path_builds_a_bokeh_root(nested_path, tmp_path):
     assert [w.views._names[i] for i in range(6)] == ["Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior",
                                                     "Degeneracy"]
     assert "<svg" in w.diagram.object and "groups (3)" in w.diagram.object
-    assert w.einsum_summary.object is not None and "K = 10" in w.einsum_head.object
+    from engine.fit import choose_K
+    assert w.K.value == choose_K(w.model) == 30                 # engine.fit.DEFAULTS: K "auto"
+    assert w.einsum_summary.object is not None and "K = 30" in w.einsum_head.object
     assert hasattr(w, "_repr_mimebundle_") and w.__panel__() is w.layout
     assert not w.messages()
 
@@ -235,7 +237,7 @@ def test_save_open_and_upload_round_trip(wb, tmp_path):
     wb.open("out.json")
     assert wb.model.node("y").args["scale"] == "s" and wb.ed.pos == {k: tuple(v) for k, v in doc["layout"].items()}
     wb.open("missing.json")
-    assert "no file named 'missing.json'" in wb.messages("danger")[-1]
+    assert "'missing.json'" in wb.messages("danger")[-1] and str(tmp_path) not in wb.messages("danger")[-1]
     doc["exact"] = {"mu": {"dist": "Normal", "args": {"loc": 0, "scale": 1}}}
     wb.upload.filename = "up.json"
     wb.upload.value = json.dumps(doc).encode()
@@ -287,6 +289,7 @@ def test_views_belong_to_the_model_on_screen(tmp_path):
     w.iters.value = 100000
     assert w.run()                                           # still going when another model is opened
     w.load_example("eight_schools_centered")
+    assert w.K.value == 4                                    # the user's K stays
     assert w.wait(120) and w.runs.runs[-1].state == "stopped" and "another model" in w.runs.runs[-1].message
     assert w.shown is None and w.post_table.object is None and w.ess_pane.object is None
     assert w.status.object == "Ready." and "hg" not in w.post_note.object

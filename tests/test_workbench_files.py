@@ -88,7 +88,8 @@ def test_links_fifos_devices_and_big_files_are_refused_quickly(ws, tmp_path):
     t.join(30)
     assert not t.is_alive(), "a read blocked"
     assert "link" in outcome["link.json"] and "link" in outcome["zero.json"]
-    assert "not a regular file" in outcome["fifo.json"] and "over the limit" in outcome["big.json"]
+    assert "regular file" in outcome["fifo.json"] and "limit" in outcome["big.json"]
+    assert not any(str(tmp_path) in m for m in outcome.values())        # names, never the server's folders
     with pytest.raises(ModelError, match="not a regular file"):
         ws.save("fifo", nested_model(), overwrite=True)
 
@@ -133,7 +134,7 @@ def test_an_npz_is_bounded_by_its_decompressed_size():
             for _ in range(100):
                 f.write(block)
     assert len(bomb.getvalue()) < 1 << 20
-    with pytest.raises(ModelError, match="decompresses to more than"):
+    with pytest.raises(ModelError, match="more than the limit|decompresses to more than"):
         F.data_from_upload("bomb.npz", bomb.getvalue())
     obj = io.BytesIO()
     np.savez(obj, o=np.array([{"a": 1}], dtype=object))

@@ -187,16 +187,15 @@ def test_safe_html_escapes_everything_it_does_not_mark_up():
     assert "<script" not in V.safe_html("**<script>alert(1)</script>**")
 
 
-class _Result:      # what posterior_view needs from engine.result.Result
-    def __init__(self, sample, model):
-        self.sample, self.model = sample, model
+def _result(model, K=20, seed=0):
+    from engine.fit import Fitter
+    return Fitter(model, "is", K=K, seed=seed).result()
 
 
 def test_posterior_view_and_exact_overlay():
     from bokeh.models import GlyphRenderer
     m = conjugate_model()
-    s = m.sample(K=20, seed=0)
-    r = _Result(s, m)
+    r = _result(m)
     ex = E.gaussian_hierarchy(m)
     names = ["mu", "z[1]"]
     grid = V.posterior_view(r, names, exact=ex, draws=300)
@@ -222,7 +221,7 @@ def test_a_discrete_latent_is_drawn_as_bars():
                                    {"name": "x", "kind": "observed", "dist": "Normal",
                                     "args": {"loc": "c * 2", "scale": 1}}],
                          "data": {"x": 1.5}})
-    r = _Result(m.sample(K=20, seed=0), m)
+    r = _result(m)
     fig = V.posterior_view(r, ["c"], draws=400).children[0][0]
     bars = fig.select_one({"name": "bars", "type": GlyphRenderer})
     assert bars is not None and fig.select_one({"name": "kde", "type": GlyphRenderer}) is None
@@ -244,8 +243,11 @@ def test_summary_table_from_a_run():
     f = Fitter(conjugate_model(), "qem", K=5, seed=0)
     list(f.run(2))
     r = f.result()
-    table = V.summary_table(r, V.posterior_draws(r, 200))
-    assert {"mu", "z[0]", "z[3]"} <= set(table.index) and "mean" in table.columns
+    table = V.summary_table(r)
+    assert {"mu", "z[0]", "z[3]"} <= set(table.index)
+    assert list(table.columns) == ["mean", "mcse_mean", "sd", "mcse_sd", "hdi_3%", "hdi_97%", "ess"]
+    row = next(x for x in r.summary() if x["name"] == "z[3]")
+    assert table.loc["z[3]", "mean"] == row["mean"] and table.loc["z[3]", "mcse_mean"] == row["mcse_mean"] > 0
 
 
 def test_exact_gaussian_hierarchy_matches_a_brute_force_solution():

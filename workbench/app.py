@@ -113,7 +113,8 @@ class Workbench:
         self._selected: list = []
         self._rev = 0
         self._extra_tabs: list = []
-        s = default_settings()
+        s = default_settings(self.ed.model)
+        self._auto_K = s["K"]        # K chosen for the model, not by the user: the next model gets its own
         s.update({k: v for k, v in (("K", K), ("iters", iters), ("method", method)) if v is not None})
         self._build(s)
         self.refresh()
@@ -203,8 +204,8 @@ class Workbench:
                         css_classes=["wb-method"])
         self.K = W(pn.widgets.IntInput, label="K", value=int(s["K"]), start=1, end=100000, width=76,
                    css_classes=["wb-K"])
-        self.iters = W(pn.widgets.IntInput, label="Iterations", value=int(s["iters"]), start=1, end=100000, width=86,
-                       css_classes=["wb-iters"])
+        self.iters = W(pn.widgets.IntInput, label="Iterations (at most)", value=int(s["iters"]), start=1, end=100000,
+                       width=120, css_classes=["wb-iters"])
         self.lr = W(pn.widgets.FloatInput, label="Learning rate", value=float(s["lr"]), start=1e-6, step=0.01,
                     width=96)
         self.seed = W(pn.widgets.IntInput, label="Seed", value=int(s["seed"]), start=0, width=66)
@@ -557,6 +558,8 @@ class Workbench:
         if self.runs.running:
             self.runs.stop("stopped: another model was opened")
         self.ed.replace(model, name)
+        if self.K.value == self._auto_K:
+            self._auto_K = self.K.value = default_settings(model)["K"]
         self.save_name.value = name or ""
         self.shown = None
         self.node_form.clear()
@@ -985,13 +988,15 @@ class Workbench:
         self.shown = run
         edited = run.version != self.ed.version
         since = " (the model was edited since this run started)" if edited else ""
-        self.status.object = safe_html(f"Done: {run.label} · log P_MP {r.log_marginal:.4g} · "
-                                       f"{len(run.elbo)} iterations" + (f" · {run.message}" if run.message else ""))
+        warns = r.warnings
+        evidence = f"log P_MP {r.log_marginal:.4g} ± {r.log_marginal_mcse:.2g}"
+        self.status.object = safe_html(
+            f"Done: {run.label} · {evidence} · {len(run.elbo)} iterations" + (f" · {run.message}" if run.message else "")
+            + (f" · **{len(warns)} warning{'s' * (len(warns) > 1)}**: see Posterior" if warns else ""))
         self.post_note.object = safe_html(
-            f"**{run.label}** on {run.model_name}{since} · log marginal likelihood estimate {r.log_marginal:.4g} · "
-            + ("pooled over the run's independent MP samples" if hasattr(r, "summary")
-               else "posterior draws resampled from the MP index posterior"))
-        warns = getattr(r, "warnings", None) or []
+            f"**{run.label}** on {run.model_name}{since} · {evidence} (± its Monte Carlo standard error) · "
+            f"estimates pooled over {r.n_samples} independent MP samples of K={r.K}; each ± column is the Monte "
+            f"Carlo standard error of the column before it")
         self.post_warnings.object = "".join(
             f'<div class="wb-alert wb-alert-warning">{safe_html(w.get("message", ""))}</div>' for w in warns)
         self.post_table.object = run.table

@@ -58,7 +58,8 @@ def _check_data_file(doc) -> None:
 
 
 class Workspace:
-    """The folder a session saves to and opens from, and the read-only gallery."""
+    """The folder a session saves to and opens from, and the read-only gallery. Its
+    messages name files, never the server's folders."""
 
     def __init__(self, root=None, gallery: dict | None = None):
         self.root = Path(root) if root is not None else default_root()    # made at the first save
@@ -84,8 +85,21 @@ class Workspace:
     def exists(self, name: str) -> bool:
         return os.path.lexists(self._path(name))
 
+    def _private(self, e: ModelError) -> ModelError:
+        msg = str(e)
+        for folder in {self.root, *(p.parent for p in self.gallery.values())}:
+            for form in {str(folder), str(folder.resolve())}:
+                msg = msg.replace(form + os.sep, "").replace(form, "the workspace")
+        return ModelError(msg)
+
     def load(self, name: str) -> Model:
         """A model from the workspace, by file name; its data_file, if any, from beside it."""
+        try:
+            return self._load(name)
+        except ModelError as e:
+            raise self._private(e) from None
+
+    def _load(self, name: str) -> Model:
         path = self._path(name)
         if path.is_symlink():
             raise ModelError(f"{path.name!r} is a link; the workspace opens regular files only")
@@ -102,7 +116,10 @@ class Workspace:
     def load_gallery(self, name: str) -> Model:
         if name not in self.gallery:
             raise ModelError(f"no example named {str(name)[:60]!r} (examples: {', '.join(self.gallery)})")
-        return Model.load(self.gallery[name])
+        try:
+            return Model.load(self.gallery[name])
+        except ModelError as e:
+            raise self._private(e) from None
 
     def save(self, name: str, model: Model, overwrite: bool = False) -> str:
         """Write `model` as workspace file `name`; Exists if it is there and not `overwrite`.
@@ -113,7 +130,10 @@ class Workspace:
             raise ModelError(f"{path.name!r} in the workspace is not a regular file; choose another name")
         if path.exists() and not overwrite:
             raise Exists(path.name)
-        atomic_write_text(path, json.dumps(model.to_dict(), indent=1))
+        try:
+            atomic_write_text(path, json.dumps(model.to_dict(), indent=1))
+        except (ModelError, OSError) as e:
+            raise self._private(ModelError(str(e))) from None
         return path.name
 
     @staticmethod

@@ -22,20 +22,20 @@ from engine import ModelError
 METHODS = {"IS": "is", "QEM": "qem", "RWS": "rws", "VI": "vi", "global": "global"}
 
 
-def default_settings() -> dict:
-    """The run settings a new session starts with: engine.fit.DEFAULTS where it exists."""
-    out = {"method": "QEM", "K": 10, "iters": 50, "lr": 0.03, "seed": 0, "device": "auto"}
-    try:
-        from engine.fit import DEFAULTS
-    except ImportError:
-        return out
+def default_settings(model=None) -> dict:
+    """The run settings a session starts with: engine.fit.DEFAULTS, the CLI's (K "auto"
+    resolved for `model` by engine.fit.choose_K; 10 without one); a run stops earlier
+    once its ELBO has converged."""
+    from engine.fit import DEFAULTS, choose_K
+    K = DEFAULTS["K"]
+    if K == "auto":
+        try:
+            K = choose_K(model, device="cpu") if model is not None and len(model.graph) else 10
+        except ModelError:
+            K = 10
     label = {v: k for k, v in METHODS.items()}
-    for k in ("K", "iters", "lr", "seed", "device"):
-        if k in DEFAULTS:
-            out[k] = DEFAULTS[k]
-    if DEFAULTS.get("method") in label:
-        out["method"] = label[DEFAULTS["method"]]
-    return out
+    return {"method": label[DEFAULTS["method"]], "K": int(K), "iters": int(DEFAULTS["max_iters"]), "lr": 0.03,
+            "seed": 0, "device": "auto"}
 
 
 @dataclass
@@ -49,7 +49,8 @@ class Run:
     iteration: list = field(default_factory=list)
     elbo: list = field(default_factory=list)
     state: str = "starting"        # running, done, stopped, failed
-    message: str = ""
+    message: str = ""              # how it ended, if not simply after its iterations
+    stopped: bool = False          # ended by Stop, another model, or the server's time limit
     result: object = None
     samples: dict | None = None
     table: object = None
@@ -107,6 +108,7 @@ class RunController:
         """Ask the current run to end after its iteration."""
         for run, _, stop, (_, box) in self._live:
             stop.set()
+            run.stopped = True
             if why:
                 run.message = why
             for f in box:
@@ -155,7 +157,7 @@ class RunController:
         elif kind == "error":
             run.state, run.message = "failed", ev[2]
         elif kind == "done":
-            run.state = "stopped" if run.message else "done"
+            run.state = "stopped" if run.stopped else "done"
 
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until no run is going, draining events (scripts and tests)."""
@@ -185,15 +187,17 @@ class RunController:
             if stop.is_set():
                 f.stop()
             t0 = time.monotonic()
-            for step in f.run(iters):
+            for step in f.run(iters, until_converged=True):
                 if not math.isfinite(step.elbo):
                     q.put(("error", f"iteration {step.iteration}: the ELBO is {step.elbo} (NaN)"))
                     return
                 q.put(("step", step))
+                if step.converged:
+                    run.message = f"converged at iteration {step.iteration}"
                 if stop.is_set():
                     break
                 if self.time_limit is not None and time.monotonic() - t0 > self.time_limit:
-                    run.message = f"stopped at the server's limit of {self.time_limit:g} s per run"
+                    run.stopped, run.message = True, f"stopped at the server's limit of {self.time_limit:g} s per run"
                     q.put(("warn", f"{run.label}: {run.message}."))
                     break
             q.put(("status", "Computing the posterior summary…"))
@@ -221,13 +225,7 @@ class RunController:
     def _summarise(run: Run, fitter, q) -> None:
         from . import views as V
         r = fitter.result()
-        samples = V.posterior_draws(r, 1000)
-        try:
-            table = V.summary_table(r, samples)
-        except Exception as e:  # arviz failing must not lose the run
-            table = None
-            q.put(("warn", f"The posterior summary failed: {e}"))
-        run.result, run.samples, run.table = r, samples, table
+        run.result, run.samples, run.table = r, V.posterior_draws(r), V.summary_table(r)
 
 
 class Jobs:

@@ -3,7 +3,7 @@
 plate_diagram_dot(model, ess, K) -> DOT text      render_svg(dot) -> SVG text (never blank)
 einsum_table(sample | program | plan list) -> DataFrame of steps; einsum_summary(...) per component
 ess_figure(ess, K) -> Bokeh figure                 elbo_figure(runs) -> Bokeh figure (readable range)
-summary_table(result, samples) -> DataFrame        posterior_view(result, names, exact) -> Bokeh layout
+summary_table(result) -> DataFrame (MCSEs)     posterior_view(result, names, exact) -> Bokeh layout
 safe_html(text) -> HTML with every character of text escaped (the only way text reaches a page)
 """
 from __future__ import annotations
@@ -499,22 +499,12 @@ def elbo_figure(runs, reference: float | None = None, title: str | None = None):
 
 
 # ---- posterior ------------------------------------------------------------------------------
-def summary_table(result, samples: dict | None = None) -> pd.DataFrame:
-    """Posterior summary, one row per latent element: the run's pooled estimates with their
-    Monte Carlo errors where the Result gives them (`result.summary()`), else az.summary
-    of posterior draws ({latent: (draws, *plates, *event)}, as posterior_draws gives them)."""
-    if hasattr(result, "summary"):
-        rows = result.summary()
-        df = pd.DataFrame(rows).set_index("name")
-        keep = [c for c in ("mean", "mcse_mean", "sd", "mcse_sd", "hdi_3%", "hdi_97%", "ess") if c in df]
-        return df[keep]
-    import arviz as az
-    import logging
-    samples = samples if samples is not None else posterior_draws(result)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("arviz").setLevel(logging.ERROR)
-        return az.summary(az.from_dict(posterior={k: v[None] for k, v in samples.items()}), kind="stats", round_to=4)
+def summary_table(result) -> pd.DataFrame:
+    """The run's pooled estimates, one row per latent element (Result.summary()): mean and
+    sd each with its Monte Carlo standard error, the 94% HDI (empty where too few effective
+    particles stand behind it) and the pooled ESS."""
+    df = pd.DataFrame(result.summary()).set_index("name")
+    return df[["mean", "mcse_mean", "sd", "mcse_sd", "hdi_3%", "hdi_97%", "ess"]]
 
 
 def posterior_names(model_or_result, limit: int = 200) -> list[str]:
@@ -574,13 +564,10 @@ def kde(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z * z).sum(1) / (len(x) * h * np.sqrt(2 * np.pi))
 
 
-def posterior_draws(result, draws: int = 1000, seed: int = 0) -> dict:
-    """{latent: (draws, *plates, *event) array}: the Result's pooled draws where it gives
-    them, else the MP index posterior's draws of its sample."""
-    if hasattr(result, "posterior_samples"):
-        return {k: np.asarray(v) for k, v in result.posterior_samples(draws, seed=seed).items()}
-    s = result.sample
-    return {k: v.detach().cpu().numpy() for k, v in s.posterior_samples(draws, seed).items()}
+def posterior_draws(result, draws: int = 2000) -> dict:
+    """{latent: (draws, *plates, *event) array}: the Result's joint draws pooled over its
+    samples (computed once; the summary's HDIs come from the same draws)."""
+    return result.draws(draws)
 
 
 def _discrete(result, base: str) -> bool:
@@ -592,7 +579,7 @@ def _discrete(result, base: str) -> bool:
         return False
 
 
-def posterior_view(result, names: list[str], exact=None, draws: int = 1000, samples: dict | None = None):
+def posterior_view(result, names: list[str], exact=None, draws: int = 2000, samples: dict | None = None):
     """Histograms of posterior draws of the chosen latents (name or name[i]); the exact
     posterior drawn over them where `exact` (dict name -> spec, or a callable taking the
     name and returning a spec or None) supplies one."""

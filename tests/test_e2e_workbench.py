@@ -135,6 +135,24 @@ def _wait_value(page, selector, needle, timeout=60):
     raise AssertionError(f"{selector!r} never held {needle!r}")
 
 
+def _drag_edge(pg, parent, child):
+    """Drag from parent's source handle to child's target handle, once the canvas is still."""
+    last = None
+    for _ in range(40):
+        box = pg.locator(f'.react-flow__node[data-id="{parent}"]').bounding_box()
+        if box == last:
+            break
+        last = box
+        time.sleep(0.25)
+    src = pg.locator(f'.react-flow__node[data-id="{parent}"] .react-flow__handle.source').bounding_box()
+    dst = pg.locator(f'.react-flow__node[data-id="{child}"] .react-flow__handle.target').bounding_box()
+    pg.mouse.move(src["x"] + src["width"] / 2, src["y"] + src["height"] / 2)
+    pg.mouse.down()
+    pg.mouse.move((src["x"] + dst["x"]) / 2, (src["y"] + dst["y"]) / 2, steps=8)
+    pg.mouse.move(dst["x"] + dst["width"] / 2, dst["y"] + dst["height"] / 2, steps=8)
+    pg.mouse.up()
+
+
 def _tab(page, title):
     page.locator(".bk-tab", has_text=title).first.click()
 
@@ -164,15 +182,21 @@ def test_build_run_save_reload(page, workspace):
     node = pg.locator('.react-flow__node[data-id="z1"]')
     node.wait_for()
     assert len(pg.locator(".react-flow__node-latent").all()) == n_latent + 1
-    src = node.locator(".react-flow__handle.source").bounding_box()
-    dst = pg.locator('.react-flow__node[data-id="mu"] .react-flow__handle.target').bounding_box()
-    pg.mouse.move(src["x"] + src["width"] / 2, src["y"] + src["height"] / 2)
-    pg.mouse.down()
-    pg.mouse.move((src["x"] + dst["x"]) / 2, (src["y"] + dst["y"]) / 2, steps=8)
-    pg.mouse.move(dst["x"] + dst["width"] / 2, dst["y"] + dst["height"] / 2, steps=8)
-    pg.mouse.up()
+    _drag_edge(pg, "z1", "mu")
     _wait_text(pg, ".wb-alert-info", "Edge z1 → mu")
     pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for(state="attached")
+
+    # refused gestures leave the canvas as the model is: a cycle, and deleting a used node
+    _drag_edge(pg, "z", "mu")
+    _wait_text(pg, ".wb-alert-danger", "cycle")
+    time.sleep(1)
+    assert pg.locator('.react-flow__edge[data-id="z->mu"]').count() == 0
+    pg.locator('.react-flow__node[data-id="mu"]').click()
+    pg.keyboard.press("Delete")
+    _wait_text(pg, ".wb-alert-danger", "used by")
+    time.sleep(1)
+    pg.locator('.react-flow__node[data-id="mu"]').wait_for()
+    pg.locator('.react-flow__edge[data-id="mu->z"]').wait_for(state="attached")
     pg.screenshot(path="/tmp/wb_e2e_1_edge.png", full_page=True)
 
     # run QEM for a few iterations

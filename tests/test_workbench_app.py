@@ -121,6 +121,26 @@ def test_a_refused_apply_keeps_what_was_typed(wb):
     assert wb.node_form.arg_inputs["loc"].value == "mu + nosuch"        # the typo is there to fix
 
 
+@pytest.mark.parametrize("edges_first", [True, False])
+def test_deleting_a_used_node_on_the_canvas_changes_nothing(wb, edges_first):
+    """Delete on `mu` (used by a): the browser sends the node's deletion and its edges'
+    deletion, in either order; a's loc must not silently become a number."""
+    wb.ed.edit(lambda m: m.update_node("mu", args={"loc": "s", "scale": 1}), "mu from s")
+    wb.refresh()
+    before = json.dumps(wb.model.to_dict())
+    node = {"type": "node_deleted", "node_id": "mu", "node_ids": ["mu"], "deleted_edges": ["mu->a", "s->mu"]}
+    edge = {"type": "edge_deleted", "edge_id": "mu->a", "edge_ids": ["mu->a"]}
+    into = {"type": "edge_deleted", "edge_id": "s->mu", "edge_ids": ["s->mu"]}     # one message per edge
+    for msg in ([edge, into, node] if edges_first else [node, edge, into]):
+        wb.flow._handle_msg(msg)
+    assert json.dumps(wb.model.to_dict()) == before and wb.model.node("a").args["loc"] == "mu"
+    assert wb.model.node("mu").args["loc"] == "s"
+    assert "used by a" in " ".join(wb.messages("danger"))
+    assert ("mu", "a") in {(e["source"], e["target"]) for e in wb.flow.edges} and not wb.ed.redo_stack
+    wb.flow._handle_msg(edge)                  # deleting just the edge, later: a's loc goes back to a number
+    assert wb.model.node("a").args["loc"] == 0.0 and "mu" in wb.model.graph
+
+
 def test_a_refused_move_snaps_back(wb):
     x, y = wb.ed.pos["y"]
     x1, y1 = C.plate_boxes(wb.model, wb.ed.pos)["groups"][2:]

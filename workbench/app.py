@@ -102,6 +102,7 @@ class Workbench:
             name = path.name if path.resolve().parent == self.ws.root.resolve() else None
             model = loaded
         self.ed = Edited(model, name)
+        self._layouts = 0
         self.exact_arg = E.gaussian_hierarchy if exact is None else exact
         self.runs = RunController(slots, time_limit)
         self.jobs = Jobs(background)
@@ -111,6 +112,8 @@ class Workbench:
         self._callback = None
         self._batching = False       # see _batch
         self._selected: list = []
+        self._last_edges: tuple = (set(), 0, 0.0)   # the last edge deletion: edges, undo steps, when
+        self._kept_edges: tuple = (set(), 0.0)      # edges of a node whose deletion was refused, when
         self._rev = 0
         self._extra_tabs: list = []
         s = default_settings(self.ed.model)
@@ -392,7 +395,11 @@ class Workbench:
         return self.ed.model
 
     def edited(self):
-        """After an edit of the model on screen: redraw, autosave."""
+        """After an edit of the model on screen: redraw (fitting the view to a canvas laid out
+        again), autosave."""
+        if self.ed.layouts != self._layouts:
+            self._layouts = self.ed.layouts
+            self._refit()
         self.refresh()
         self._autosave()
 
@@ -498,8 +505,7 @@ class Workbench:
 
     def auto_layout(self):
         self.ed.auto_layout()
-        self._refit()
-        self._autosave()
+        self.edited()
 
     # ---- canvas events -------------------------------------------------------------------
     def _on_edge_added(self, payload, *_):
@@ -507,22 +513,45 @@ class Workbench:
         self.connect(e.get("source"), e.get("target"))
 
     def _on_edge_deleted(self, payload, *_):
-        ids = payload.get("edge_ids") or [payload.get("edge_id")]
-        changed = False
+        ids = [e for e in (payload.get("edge_ids") or [payload.get("edge_id")]) if e and "->" in e]
+        kept, when = self._kept_edges
+        if ids and set(ids) <= kept and time.monotonic() - when < 2:   # the edges of a refused deletion stay
+            self._kept_edges = (kept - set(ids), when)
+            self.refresh_canvas(force=True)
+            return
+        depth, changed = len(self.ed.undo_stack), False
         for eid in ids:
-            if eid and "->" in eid:
-                a, b = eid.split("->", 1)
-                b = b.split(":")[0]
-                if a in self.model.graph and b in self.model.graph:
-                    changed |= self.disconnect(a, b)
+            a, b = eid.split("->", 1)
+            b = b.split(":")[0]
+            if a in self.model.graph and b in self.model.graph:
+                changed |= self.disconnect(a, b)
+        edges, undone, when = self._last_edges
+        now = time.monotonic()
+        if now - when > 1:                     # the browser reports a keypress's edges one by one
+            edges, undone = set(), 0
+        self._last_edges = (edges | set(ids), undone + len(self.ed.undo_stack) - depth, now)
         if not changed:
             self.refresh_canvas(force=True)
 
     def _on_node_deleted(self, payload, *_):
-        ids = payload.get("node_ids") or [payload.get("node_id")]
+        """Delete on a selected node. The browser also deletes its edges, in a message of
+        their own, before or after this one: an edge out of the node is not undone silently
+        (a child that uses the node keeps it, and the deletion is refused)."""
+        ids = [n for n in (payload.get("node_ids") or [payload.get("node_id")]) if n in self.model.graph]
+        edges, undone, when = self._last_edges
+        seen = set()
+        if undone and time.monotonic() - when < 2 and any(e.split("->")[0] in ids for e in edges):
+            for _ in range(undone):            # the same keypress: the children's arguments as they were
+                self.ed.undo()
+            self.ed.redo_stack.clear()
+            seen = edges
+        self._last_edges = (set(), 0, 0.0)
         for nid in ids:
-            if nid in self.model.graph:
-                self.delete_node(nid)
+            if not self.delete_node(nid):      # the browser's messages about its edges may be still to come
+                g = self.model.graph
+                touching = {f"{a}->{b}" for a, b in [*g.in_edges(nid), *g.out_edges(nid)]}
+                self._kept_edges = (self._kept_edges[0] | (touching - seen), time.monotonic())
+        self.edited()
         self.refresh_canvas(force=True)
 
     def _on_node_moved(self, payload, *_):
@@ -558,6 +587,7 @@ class Workbench:
         if self.runs.running:
             self.runs.stop("stopped: another model was opened")
         self.ed.replace(model, name)
+        self._layouts = self.ed.layouts
         if self.K.value == self._auto_K:
             self._auto_K = self.K.value = default_settings(model)["K"]
         self.save_name.value = name or ""

@@ -171,6 +171,7 @@ class Edited:
         self.model = model
         self.name = name
         self.pos = _layout_from(model) or C.auto_layout(model)
+        self.layouts = 0             # how often the canvas was laid out again (the view then refits)
         self.key = next(_keys)
         self.version = 0
         self.saved_version = 0 if name is not None else None
@@ -284,12 +285,13 @@ class Edited:
         crosses another plate's box (the drawing would say something the model does
         not). True if it did."""
         if C.misdrawn(self.model, self.pos):
-            self.pos = C.auto_layout(self.model)
+            self.auto_layout()
             return True
         return False
 
     def auto_layout(self) -> None:
         self.pos = C.auto_layout(self.model)
+        self.layouts += 1
 
     def delete_node(self, name: str) -> None:
         self.edit(lambda m: m.remove_node(name), f"Deleting node {name!r}")

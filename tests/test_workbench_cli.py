@@ -52,7 +52,15 @@ def test_serve_refuses_in_one_line():
             assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-@pytest.mark.parametrize("argv", [["--port", "x"]])
-def test_a_non_number_port_is_argparse_s_one_line(argv):
-    out = _kn("serve", *argv)
+def test_a_non_number_port_is_argparse_s_one_line():
+    out = _kn("serve", "--port", "x")
     assert out.returncode == 2 and "invalid int value" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_make_serve_takes_a_port():
+    import shutil
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "serve", "PORT=5099", "WORKSPACE=/tmp/ws"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert "kn serve  --port 5099 --workspace /tmp/ws" in out.stdout, out.stdout + out.stderr

@@ -502,9 +502,28 @@ def elbo_figure(runs, reference: float | None = None, title: str | None = None):
 def summary_table(result) -> pd.DataFrame:
     """The run's pooled estimates, one row per latent element (Result.summary()): mean and
     sd each with its Monte Carlo standard error, the 94% HDI (empty where too few effective
-    particles stand behind it) and the pooled ESS."""
-    df = pd.DataFrame(result.summary()).set_index("name")
-    return df[["mean", "mcse_mean", "sd", "mcse_sd", "hdi_3%", "hdi_97%", "ess"]]
+    particles stand behind it) and the pooled ESS. Each estimate is rounded to the digits its MCSE supports (two significant digits of the
+    MCSE: the first one that is uncertain shown, no more)."""
+    rows = []
+    for r in result.summary():
+        dm, ds = _decimals(r["mcse_mean"]), _decimals(r["mcse_sd"])
+        rows.append({"name": r["name"], "mean": round(r["mean"], dm), "mcse_mean": _sig2(r["mcse_mean"]),
+                     "sd": round(r["sd"], ds), "mcse_sd": _sig2(r["mcse_sd"]),
+                     "hdi_3%": None if r["hdi_3%"] is None else round(r["hdi_3%"], dm),
+                     "hdi_97%": None if r["hdi_97%"] is None else round(r["hdi_97%"], dm),
+                     "ess": round(r["ess"], 1)})
+    return pd.DataFrame(rows).set_index("name")
+
+
+def _decimals(err: float) -> int:
+    """Decimals that show an estimate to the second significant digit of its error."""
+    if not (err > 0 and math.isfinite(err)):
+        return 6
+    return max(0, 1 - math.floor(math.log10(err)))
+
+
+def _sig2(x: float) -> float:
+    return float(f"{x:.2g}") if math.isfinite(x) else x
 
 
 def posterior_names(model_or_result, limit: int = 200) -> list[str]:
@@ -634,4 +653,4 @@ def posterior_view(result, names: list[str], exact=None, draws: int = 2000, samp
         figs.append(fig)
     if not figs:
         return Div(text="Choose latents to plot.")
-    return gridplot(figs, ncols=3, toolbar_location="above", merge_tools=True)
+    return gridplot(figs, ncols=2, toolbar_location="above", merge_tools=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import models
+from .dask_sweep import bench_sweep
 from .common import loglog_slope, median_ms, mib, run_isolated, spread_ms, time_interleaved
 
 
@@ -38,7 +39,12 @@ class Config:
     # 6: the shipped examples
     examples: tuple = ("radon",)
     examples_K: int = 10
-    # 7: the final estimate
+    # 7: sweeps on Dask against a loop
+    sweep_cells: int = 48
+    sweep_iters: int = 20
+    sweep_K: int = 5
+    sweep_rounds: int = 5
+    # 8: the final estimate
     estimate_models: tuple = (("hierarchical_gaussian", {"groups": 100, "obs": 10}),
                               ("asset", {"name": "eight_schools_centered"}), ("asset", {"name": "radon"}))
     isolated_warmup: int = 2
@@ -51,13 +57,15 @@ class Config:
             base = dict(warmup=1, repeats=2, hg_groups=4, hg_obs=3, hg_K=(3,), agreement_draws=2, blowup_groups=2,
                         blowup_obs=2, blowup_K=(2,), ml_users=4, ml_films=2, ml_features=3, ml_K=(3,),
                         scaling_groups=(2, 4, 8), scaling_K=3, examples=("hierarchical_gaussian",), examples_K=3,
+                        sweep_cells=4, sweep_iters=2, sweep_rounds=1,
                         estimate_models=(("hierarchical_gaussian", {"groups": 3, "obs": 2}),),
                         isolated_warmup=1, isolated_repeats=2, timeout_s=300)
             base.update(kw)
             return cls(device=device, **base)
         if quick:
             base = dict(warmup=2, repeats=8, hg_K=(10, 30), agreement_draws=5, blowup_K=(3, 10), ml_K=(10,),
-                        scaling_groups=(10, 100, 1_000, 10_000), isolated_warmup=1, isolated_repeats=3)
+                        scaling_groups=(10, 100, 1_000, 10_000), sweep_cells=24, sweep_rounds=3, isolated_warmup=1,
+                        isolated_repeats=3)
             base.update(kw)
             kw = base
         return cls(device=device, **kw)
@@ -282,7 +290,7 @@ def bench_examples(cfg: Config) -> dict:
             "rows": rows}
 
 
-# ---- 7. the final estimate -------------------------------------------------------------
+# ---- 8. the final estimate -------------------------------------------------------------
 def bench_estimate(cfg: Config) -> dict:
     rows = []
     for name, kwargs in cfg.estimate_models:
@@ -295,7 +303,7 @@ def bench_estimate(cfg: Config) -> dict:
         rows.append({**row, "K": r["K"], "iterations": r["iterations"], "ms": 1e3 * r["iteration_s"],
                      "estimate_ms": 1e3 * r["estimate_s"], "n_samples": r["n_samples"],
                      "multiple": r["estimate_s"] / r["iteration_s"], "worst": r["worst_mcse_ratio"]})
-    return {"name": "estimate", "title": "7. The final estimate: pooled samples until every MCSE < 0.1 sd",
+    return {"name": "estimate", "title": "8. The final estimate: pooled samples until every MCSE < 0.1 sd",
             "description": "QEM with the defaults (K auto) until converged, then Fitter.result(): independent MP "
                            "samples with the learned Q pooled until every mean's Monte Carlo standard error is "
                            "below 0.1 posterior sd (at least 16 samples, at most 64). One fresh process per row.",
@@ -308,4 +316,4 @@ def bench_estimate(cfg: Config) -> dict:
 
 BENCHMARKS = {"handwritten": bench_handwritten, "pyro": bench_pyro, "blowup": bench_blowup,
               "movielens": bench_movielens, "scaling": bench_scaling, "examples": bench_examples,
-              "estimate": bench_estimate}
+              "sweep": bench_sweep, "estimate": bench_estimate}

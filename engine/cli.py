@@ -201,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-data", help="held-out observations (.npz or JSON) for predictive log-likelihood")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=fit)
+    from .sweep import add_subcommand as add_sweep
+    add_sweep(sub)
     _plugins(sub)
     args = ap.parse_args(argv)
     tune_allocator()   # the process's choice, not the library's: see engine/alloc.py

@@ -30,11 +30,16 @@ def test_serve_is_registered_by_the_workbench():
     assert "import workbench" not in engine_src and "from workbench" not in engine_src
 
 
-def test_kn_help_loads_no_torch_and_no_panel():
+def test_kn_help_loads_no_panel_and_serve_loads_no_torch():
     code = ("import sys, engine.cli\ntry:\n    engine.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('LOADED', [m for m in ('torch', 'panel', 'bokeh') if m in sys.modules])")
+            "print('LOADED', [m for m in ('panel', 'bokeh') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "serve" in out.stdout and "LOADED []" in out.stdout, out.stdout + out.stderr
+    code = ("import sys, argparse, engine.cli, workbench.cli\n"
+            "workbench.cli.register(argparse.ArgumentParser().add_subparsers())\n"
+            "print('LOADED', [m for m in ('torch', 'panel', 'bokeh') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "LOADED []" in out.stdout, out.stdout + out.stderr
 
 
 def test_serve_refuses_in_one_line():

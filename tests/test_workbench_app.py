@@ -141,6 +141,17 @@ def test_deleting_a_used_node_on_the_canvas_changes_nothing(wb, edges_first):
     assert wb.model.node("a").args["loc"] == 0.0 and "mu" in wb.model.graph
 
 
+def test_apply_checks_values_through_the_engine(wb):
+    import engine.dists
+    if not hasattr(engine.dists, "check_constant"):
+        pytest.skip("the engine's argument range checks (issue 12) are not merged yet")
+    wb.node_form.show(wb.model, "a")
+    wb.node_form.arg_inputs["scale"].value = "-1"
+    wb.node_form.apply.clicks += 1
+    assert "scale" in wb.messages("danger")[-1] and wb.model.node("a").args["scale"] == "s"
+    assert wb.node_form.arg_inputs["scale"].value == "-1"
+
+
 def test_a_refused_move_snaps_back(wb):
     x, y = wb.ed.pos["y"]
     x1, y1 = C.plate_boxes(wb.model, wb.ed.pos)["groups"][2:]
@@ -313,8 +324,7 @@ def test_views_belong_to_the_model_on_screen(tmp_path):
     assert w.wait(120) and w.runs.runs[-1].state == "stopped" and "another model" in w.runs.runs[-1].message
     assert w.shown is None and w.post_table.object is None and w.ess_pane.object is None
     assert w.status.object == "Ready." and "hg" not in w.post_note.object
-    assert w.elbo_pane.object.title.text.endswith("eight_schools_centered")
-    assert not w.elbo_pane.object.renderers or all(r.name is None for r in w.elbo_pane.object.renderers)
+    assert w.elbo_pane.object is None and "No runs of this model yet" in w.elbo_note.object
     assert [f.object.title.text for f in w.elbo_others] == ["Earlier model: hg"]    # runs of hg, apart
 
 

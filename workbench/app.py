@@ -150,6 +150,7 @@ class Workbench:
         self.replace_btn.on_click(g(lambda e: self.save(self.save_name.value, overwrite=True)))
         self.cancel_btn.on_click(g(lambda e: setattr(self.confirm, "visible", False)))
         self.example = W(pn.widgets.Select, options=list(self.ws.gallery), width=170, margin=(4, 3),
+                         value=self.model.name if self.model.name in self.ws.gallery else None,
                          css_classes=["wb-example"])
         self.load_example_btn = W(pn.widgets.Button, label="Load example", width=110, margin=(4, 3))
         self.load_example_btn.on_click(g(lambda e: self.load_example(self.example.value)))
@@ -273,7 +274,7 @@ class Workbench:
         self.ess_pane = pn.pane.Bokeh(None, sizing_mode="stretch_width")
         self.ess_note = Text("")
         self.ess_table = Text("", css_classes=["ess-table"])
-        self.elbo_pane = pn.pane.Bokeh(V.elbo_figure([]), sizing_mode="stretch_width")
+        self.elbo_pane = pn.pane.Bokeh(None, sizing_mode="stretch_width")
         self.elbo_note = Text("", css_classes=["elbo-note"])
         self.elbo_others = pn.Column(sizing_mode="stretch_width")
         self.post_note = Text("", css_classes=["post-note"])
@@ -873,7 +874,8 @@ class Workbench:
         figure each, so that no model's scale flattens another's."""
         mine = [r for r in self.runs.runs if r.model_key == self.ed.key]
         ref = self.reference()
-        self.elbo_pane.object = self._backend(V.elbo_figure(mine, ref, title=f"ELBO per iteration: {self.model.name}"))
+        self.elbo_pane.object = self._backend(V.elbo_figure(mine, ref, title=f"ELBO per iteration: {self.model.name}")) \
+            if mine else None
         groups: dict = {}
         for r in self.runs.runs:
             if r.model_key != self.ed.key:

@@ -120,6 +120,7 @@ def test_links_fifos_and_big_files_do_not_stop_the_server(browser, served):
 
 def test_a_long_run_in_one_session_leaves_another_working(browser, served):
     a = _page(browser, served)
+    _fill(a, ".wb-K", 3)
     _fill(a, ".wb-iters", 100000)
     a.get_by_role("button", name="▶ Run").click()
     _wait_text(a, ".run-status", "iteration")

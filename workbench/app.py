@@ -32,7 +32,7 @@ from . import files as F
 from . import views as V
 from .browser import MAX_CHARS, BrowserStore
 from .compat import W
-from .editing import Edited, suggest
+from .editing import Edited, layout_of, suggest
 from .forms import HINT, DataForm, NodeForm, PlateForm, Text, html_table
 from .runs import METHODS, Jobs, RunController, default_settings
 from .views import safe_html
@@ -110,6 +110,7 @@ class Workbench:
         self.shown = None            # the run whose results the views show (a run of the model on screen)
         self._held = False           # see _views_held
         self._callback = None
+        self._svg: tuple = (None, None)      # the plate diagram's DOT and SVG last drawn
         self._batching = False       # see _batch
         self._selected: list = []
         self._last_edges: tuple = (set(), 0, 0.0)   # the last edge deletion: edges, undo steps, when
@@ -583,11 +584,11 @@ class Workbench:
             self.editor_tabs.active = 0
 
     # ---- files ------------------------------------------------------------------------------
-    def _replace(self, model: Model, name: str | None, said: str):
+    def _replace(self, model: Model, name: str | None, said: str, pos: dict | None = None):
         """Another model on screen: the run on the old one stops, the views are cleared."""
         if self.runs.running:
             self.runs.stop("stopped: another model was opened")
-        self.ed.replace(model, name)
+        self.ed.replace(model, name, pos=pos)
         self._layouts = self.ed.layouts
         if self.K.value == self._auto_K:
             self._auto_K = self.K.value = default_settings(model)["K"]
@@ -601,14 +602,21 @@ class Workbench:
         self.alert(said, "success")
 
     def _load(self, fn, what: str, name: str | None, said: str) -> None:
-        """Load off the event loop (served sessions), then show the model."""
-        def done(model, err):
+        """Load, lay out and draw the plate diagram off the event loop (served sessions: the
+        Graphviz runs are the slow part for a big model), then show the model."""
+        def work():
+            model = fn()
+            dot = V.plate_diagram_dot(model) if len(model.graph) else None
+            return model, layout_of(model), (dot, V.render_svg(dot) if dot else None)
+
+        def done(out, err):
             if err is not None:
                 msg = str(err) if isinstance(err, ModelError) else f"{type(err).__name__}: {err}"
                 self.alert(f"Could not open {what}: {msg}")
                 return
-            self._replace(model, name, said)
-        self.jobs.submit(fn, done, f"opening {what}")
+            model, pos, self._svg = out
+            self._replace(model, name, said, pos)
+        self.jobs.submit(work, done, f"opening {what}")
         self._pump_start()
 
     def open(self, name) -> None:
@@ -791,7 +799,10 @@ class Workbench:
         if not len(self.model.graph):
             self.diagram.object = "<p>The model is empty: add a latent node (+ Latent).</p>"
             return
-        self.diagram.object = V.render_svg(V.plate_diagram_dot(self.model, ess, K))
+        dot = V.plate_diagram_dot(self.model, ess, K)
+        if self._svg[0] != dot:
+            self._svg = (dot, V.render_svg(dot))
+        self.diagram.object = self._svg[1]
 
     def _diagram_file(self, fmt: str):
         ess, K = self._ess_for_model()

@@ -142,6 +142,11 @@ def rename_document(doc: dict, what: str, old: str, new: str) -> dict:
     return doc
 
 
+def layout_of(model) -> dict:
+    """Canvas positions: the model's `layout` field if it covers every node, else Graphviz's."""
+    return _layout_from(model) or C.auto_layout(model)
+
+
 def _layout_from(model) -> dict | None:
     """Canvas positions kept in the model's `layout` field, if they cover every node."""
     lay = model.extras.get("layout")
@@ -163,14 +168,16 @@ class Edited:
         self.replace(model if model is not None else Model("untitled"), name, keep_history=False)
 
     # ---- whole models ------------------------------------------------------------------
-    def replace(self, model: Model, name: str | None = None, keep_history: bool = True) -> None:
+    def replace(self, model: Model, name: str | None = None, keep_history: bool = True,
+                pos: dict | None = None) -> None:
         """Show another model (opened, uploaded, new, restored): a new key; the one it
-        replaces stays one undo away. `name`: its workspace file name, None if it has none."""
+        replaces stays one undo away. `name`: its workspace file name, None if it has none.
+        `pos`: its canvas positions, if laid out already (see layout_of)."""
         if keep_history:
             self._push()
         self.model = model
         self.name = name
-        self.pos = _layout_from(model) or C.auto_layout(model)
+        self.pos = pos if pos is not None else layout_of(model)
         self.layouts = 0             # how often the canvas was laid out again (the view then refits)
         self.key = next(_keys)
         self.version = 0

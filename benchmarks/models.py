@@ -73,6 +73,18 @@ def movielens_like(users: int = 300, films: int = 5, features: int = 18, seed: i
     return m
 
 
+def chain_document(nodes: int, reverse: bool = False) -> dict:
+    """A kn-model/1 document of nodes/2 latents in a chain, z_i ~ N(z_{i-1}, 1), each
+    with one observation y_i ~ N(z_i, 1); listed parents first, or children first."""
+    out, data = [], {}
+    for i in range(nodes // 2):
+        out.append({"name": f"z{i}", "kind": "latent", "dist": "Normal",
+                    "args": {"loc": f"z{i - 1}" if i else 0, "scale": 1}})
+        out.append({"name": f"y{i}", "kind": "observed", "dist": "Normal", "args": {"loc": f"z{i}", "scale": 1}})
+        data[f"y{i}"] = 0.5
+    return {"format": "kn-model/1", "name": "chain", "nodes": out[::-1] if reverse else out, "data": data}
+
+
 def asset(name: str) -> Model:
     """An example model shipped in assets/models (e.g. "radon")."""
     return Model.load(Path(__file__).resolve().parent.parent / "assets" / "models" / f"{name}.json")

@@ -1,16 +1,23 @@
-"""The `kn` command: info and fit here; other packages add subcommands (the workbench's
-`serve`) through the `kn.commands` entry point group: each entry is a function taking
-the subparsers object. Heavy modules (torch, the workbench's Panel) are imported only
-when a command runs, so that `kn --help` is quick."""
+"""The `kn` command: info, fit and sweep here; other packages add subcommands (the
+workbench's `serve`) through the `kn.commands` entry point group: each entry is a function
+taking the subparsers object. Heavy modules (torch, the workbench's Panel) are imported
+only when a command runs, so that `kn --help` is quick."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import math
+import os
+import re
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from .alloc import tune_allocator
 from .errors import ModelError
+from .safeio import DATA_LIMIT, MODEL_LIMIT, load_npz, read_bounded
 
 COMMANDS = "kn.commands"
 
@@ -59,6 +66,8 @@ def info(args) -> int:
 def fit(args) -> int:
     from .fit import DEFAULTS, Fitter
     from .model import Model
+    if args.out:
+        check_out(args.out, args.model)
     m = Model.load(args.model)
     test = None
     if args.test_data:
@@ -133,19 +142,86 @@ def _K(text: str):
         raise argparse.ArgumentTypeError(f"K must be a positive integer or auto, got {text!r}") from None
 
 
-def _load_data(path: str) -> dict:
-    import numpy as np
+# ---- argument checks (the workbench's serve uses check_port and check_address too) --------------
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
-    from .model import _nulls_to_nan
-    p = Path(path)
+
+def check_port(value) -> int:
+    """A TCP port number, 0 (any free port) to 65535."""
     try:
-        if p.suffix == ".npz":
-            with np.load(p) as z:
-                return {k: z[k] for k in z.files}
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"--test-data: cannot read {path!r} ({e})") from None
-    return {k: np.asarray(_nulls_to_nan(v), dtype=float) for k, v in doc.get("data", doc).items()}
+        port = int(str(value), 10)
+    except ValueError:
+        port = None
+    if port is None or not 0 <= port <= 65535:
+        raise ModelError(f"--port must be a whole number from 0 to 65535, got {str(value)[:40]!r}")
+    return port
+
+
+def check_address(value) -> str:
+    """An IP address or a host name to listen on (not looked up here)."""
+    text = str(value)
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if len(text) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels) or labels[-1].isdigit():
+        raise ModelError(f"--address must be an IP address or a host name, like 127.0.0.1 or localhost; "
+                         f"got {text[:60]!r}")
+    return text
+
+
+def check_out(out: str, model: str | None = None) -> None:
+    """Before any work: --out names a file that can be written in a folder that exists,
+    and not the model file itself."""
+    p = Path(out)
+    if p.exists() or p.is_symlink():
+        st = p.stat() if p.exists() else None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise ModelError(f"--out: {out!r} is a folder; name a file in it")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"--out: {out!r} is not a regular file")
+        if model is not None and Path(model).exists() and st is not None and os.path.samefile(p, model):
+            raise ModelError(f"--out: {out!r} is the model file; the result would overwrite the model")
+    folder = p.parent
+    if not folder.is_dir():
+        raise ModelError(f"--out: the folder {str(folder)!r} does not exist")
+    try:   # os.access says yes to root on a read-only file system: try it
+        fd, tmp = tempfile.mkstemp(prefix=".kn-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ModelError(f"--out: cannot write in {str(folder)!r} ({e.strerror})") from None
+
+
+def _memory_budget(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 1):
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes, got {text[:40]!r}")
+    return v
+
+
+def _load_data(path: str) -> dict:
+    from .model import _data_array
+    if path.endswith(".npz"):
+        arrays = load_npz(path, DATA_LIMIT, "--test-data")
+    else:
+        try:
+            doc = json.loads(read_bounded(path, MODEL_LIMIT, "--test-data").decode("utf-8"))
+        except (ValueError, RecursionError) as e:
+            raise ModelError(f"--test-data: {path!r} is not a JSON document ({str(e)[:100]})") from None
+        arrays = doc.get("data", doc) if isinstance(doc, dict) else None
+        if not isinstance(arrays, dict):
+            raise ModelError(f"--test-data: {path!r} must hold an object of arrays by name (or a model's 'data')")
+    out = {}
+    for k, v in arrays.items():
+        arr = _data_array(v, f"--test-data {k!r}")
+        out[k] = arr.astype(float)
+    return out
 
 
 class _Progress:
@@ -176,7 +252,7 @@ def main(argv=None) -> int:
                             "need over 1 GB)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
         p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-        p.add_argument("--memory-budget", type=float, default=None,
+        p.add_argument("--memory-budget", type=_memory_budget, default=None,
                        help="bytes a run may use (default: half the free device memory); above it a plate "
                             "is split into chunks")
 
@@ -209,10 +285,24 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ModelError as e:
-        print(f"kn: error: {e}", file=sys.stderr)
+        print(f"kn: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as e:   # a file or a socket the checks above could not foresee
+        print(f"kn: error: {_one_line(e.strerror or e)}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
+        return 1
+    except Exception as e:   # a bug: one line for the user, the traceback on request
+        if os.environ.get("KN_DEBUG"):
+            raise
+        print(f"kn: internal error: {type(e).__name__}: {_one_line(e)[:300]} (KN_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(e) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

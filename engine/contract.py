@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import opt_einsum
 import torch
 
+from .errors import ModelError
 from .named import Named
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -98,7 +99,9 @@ class Plan:
         log_k = sum(math.log(self.sizes[d]) for d in here)
         if len(names) == 1 and not here:
             return Component(names, here, out, [], None, log_k)
-        letter = {d: _LETTERS[i] for i, d in enumerate(dims)}
+        # opt_einsum plans with any number of symbols (a-z, A-Z first); torch.einsum takes 52
+        # letters, so a component with more dims gives each step letters of its own
+        letter = {d: opt_einsum.get_symbol(i) for i, d in enumerate(dims)}
         operands = [dims_of[n] for n in names]
         eq = ",".join("".join(letter[d] for d in o) for o in operands) + "->" + "".join(letter[d] for d in out)
         shapes = [tuple(self.sizes[d] for d in o) for o in operands]
@@ -114,6 +117,12 @@ class Plan:
             present = sorted(set().union(*map(set, ins)), key=lambda d: self.rank[d])
             o = tuple(d for d in present if d in keep)
             removed = tuple(d for d in present if d not in keep)
+            if len(dims) > len(_LETTERS):
+                if len(present) > len(_LETTERS):
+                    raise ModelError(f"the factors {', '.join(names[:5])}{', ...' if len(names) > 5 else ''} make "
+                                     f"a contraction step over {len(present)} dims, more than torch.einsum takes "
+                                     f"({len(_LETTERS)}); give latents of one plate a shared K-dim with \"group\"")
+                letter = {d: _LETTERS[i] for i, d in enumerate(present)}
             seq = ",".join("".join(letter[d] for d in i) for i in ins) + "->" + "".join(letter[d] for d in o)
             steps.append(Step(tuple(pos), tuple(ins), removed, o, seq))
             work = rest + [o]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributions as D
 from torch.distributions import constraints
@@ -93,6 +94,88 @@ def check_args(spec: DistSpec, given: set[str], where: str) -> None:
             raise ModelError(f"{where}: {spec.name} needs exactly one of {', '.join(group)} (got {n})")
 
 
+def arg_constraint(spec: DistSpec, arg: str):
+    """The torch constraint a value of argument `arg` meets (None where it depends on
+    the other arguments). Categorical's probs need only be non-negative: torch
+    normalises them."""
+    if spec.name == "Uniform":
+        return constraints.real
+    if spec.name == "Categorical" and arg == "probs":
+        return constraints.independent(constraints.nonnegative, 1)
+    c = spec.cls.arg_constraints.get(arg)
+    return None if c is None or constraints.is_dependent(c) else c
+
+
+def _describe(c) -> str:
+    base = c.base_constraint if isinstance(c, constraints.independent) else c
+    if isinstance(base, constraints.greater_than):
+        return f"> {base.lower_bound:g}"
+    if type(base) is type(constraints.nonnegative_integer):
+        return f"an integer >= {base.lower_bound:g}"
+    if isinstance(base, constraints.greater_than_eq):
+        return f">= {base.lower_bound:g}"
+    if isinstance(base, constraints.half_open_interval):
+        return f"in [{base.lower_bound:g}, {base.upper_bound:g})"
+    if isinstance(base, constraints.interval):
+        return f"in [{base.lower_bound:g}, {base.upper_bound:g}]"
+    if base is constraints.positive_definite:
+        return "a symmetric positive-definite matrix"
+    if base is constraints.lower_cholesky:
+        return "a lower-triangular matrix with a positive diagonal"
+    return "a real number (not NaN)"
+
+
+def range_ok(spec: DistSpec, arg: str, t: torch.Tensor) -> torch.Tensor | None:
+    """A 0-d boolean tensor: whether every entry of `t` is a valid `arg` (no sync, for
+    checks that are gathered and looked at once); None if nothing can be checked alone."""
+    c = arg_constraint(spec, arg)
+    if c is None:
+        return None
+    r = spec.arg_rank.get(arg, 0)
+    if t.dim() < r or (r == 2 and t.shape[-1] != t.shape[-2]):
+        return torch.zeros((), dtype=torch.bool, device=t.device)
+    return c.check(t).all()
+
+
+def range_error(spec: DistSpec, arg: str, t: torch.Tensor) -> str | None:
+    """Why `t` is not a valid value of argument `arg`, or None if it is."""
+    ok = range_ok(spec, arg, t)
+    if ok is None or bool(ok):
+        if spec.name == "Categorical" and arg == "probs" and t.dim() and bool((t.sum(-1) <= 0).any()):
+            return f"{spec.name} needs probs that do not all vanish"
+        return None
+    r = spec.arg_rank.get(arg, 0)
+    if t.dim() < r or (r == 2 and t.shape[-1] != t.shape[-2]):
+        return f"{spec.name} needs {arg} to be {('a vector', 'a square matrix')[r - 1]}, got shape {tuple(t.shape)}"
+    c = arg_constraint(spec, arg)
+    base = c.base_constraint if isinstance(c, constraints.independent) else c
+    want = f"{spec.name} needs {arg} {_describe(c)}" if base not in (constraints.positive_definite,
+                                                                    constraints.lower_cholesky) else \
+        f"{spec.name} needs {arg} to be {_describe(c)}"
+    if r == 2:
+        return want
+    bad = t.detach()[~base.check(t.detach())]
+    return f"{want}, got {bad[0].item():g}" if bad.numel() else want
+
+
+def check_constant(spec: DistSpec, arg: str, value: np.ndarray, where: str) -> None:
+    """A constant argument (float64) must be in range: refused at load, not by torch later."""
+    t = torch.as_tensor(value, dtype=torch.float64)
+    msg = range_error(spec, arg, t)
+    if msg is not None:
+        raise ModelError(f"{where}: {msg}")
+
+
+def to_dtype(value, dtype: torch.dtype, device, where: str) -> torch.Tensor:
+    """A constant as a tensor of `dtype`, refused where it overflows (1e39 in float32)."""
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    if not bool(torch.isfinite(t).all()):
+        biggest = float(np.abs(np.asarray(value, dtype=np.float64)).max())
+        raise ModelError(f"{where}: {biggest:g} is out of the range of {str(dtype).replace('torch.', '')} "
+                         f"(largest {torch.finfo(dtype).max:.3g}); use dtype float64")
+    return t
+
+
 def build(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra: int, where: str):
     """The torch distribution with every argument aligned to batch `dims`.
 
@@ -115,6 +198,21 @@ def build(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra
     except (RuntimeError, ValueError) as e:
         raise ModelError(f"{where}: cannot build {spec.name} from its arguments "
                          f"({', '.join(f'{a}: {tuple(t.shape)}' for a, t in tensors.items())}): {e}") from None
+
+
+def impossible(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra: int,
+               value: torch.Tensor) -> torch.Tensor | None:
+    """Where `value` is impossible because probs is exactly 0 or 1 (over `dims`, event
+    dims reduced), for the distributions torch scores with probs clamped to
+    [eps, 1 - eps]: they give such a value log(eps) (-15.9 in float32), not -inf."""
+    if spec.name not in ("Bernoulli", "Binomial", "NegativeBinomial") or "probs" not in args:
+        return None
+    p = args["probs"].align(dims, n_extra)
+    bad = (p == 0) & (value != 0)
+    if spec.name != "NegativeBinomial":
+        n = args["total_count"].align(dims, n_extra) if "total_count" in args else 1
+        bad = bad | ((p == 1) & (value != n))
+    return bad.flatten(len(dims)).any(-1) if n_extra else bad
 
 
 def support_fill(support) -> float:

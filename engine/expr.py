@@ -8,6 +8,8 @@ values; a model file never runs code.
 from __future__ import annotations
 
 import ast
+import math
+import unicodedata
 from typing import Callable
 
 import torch
@@ -35,6 +37,10 @@ _BINOPS = {ast.Add: torch.add, ast.Sub: torch.sub, ast.Mult: torch.mul,
            ast.Div: torch.div, ast.Pow: torch.pow}
 
 
+MAX_LENGTH = 2000   # characters of an expression
+MAX_DEPTH = 100     # nesting of its syntax tree (compiling and evaluating recurse that deep)
+
+
 class Env:
     """What an expression sees: values by name, and the global order of dims."""
 
@@ -47,13 +53,32 @@ class Expr:
 
     def __init__(self, source: str, where: str):
         self.source, self.where = source, where
+        if not isinstance(source, str):
+            raise ModelError(f"{where}: an expression must be a string, got {type(source).__name__}")
+        if len(source) > MAX_LENGTH:
+            raise ModelError(f"{where}: the expression is {len(source)} characters long, more than {MAX_LENGTH}")
+        if unicodedata.normalize("NFKC", source) != source:   # Python's parser would read 𝖒𝖚 as mu
+            raise ModelError(f"{where}: expression {source!r} is not in Unicode normal form (Python reads it "
+                             f"as {unicodedata.normalize('NFKC', source)!r}); write that instead")
         try:
             tree = ast.parse(source.strip(), mode="eval")
         except SyntaxError as e:
             raise ModelError(f"{where}: cannot parse expression {source!r} ({e.msg})") from None
+        except (RecursionError, MemoryError, ValueError):
+            raise ModelError(f"{where}: expression {source[:40]!r}... is nested too deeply to parse") from None
+        self._check_depth(tree.body)
         self.names: set[str] = set()
         self.checked_indices: set = set()
         self._fn = self._compile(tree.body)
+
+    def _check_depth(self, root: ast.AST) -> None:
+        stack = [(root, 1)]
+        while stack:
+            n, d = stack.pop()
+            if d > MAX_DEPTH:
+                raise ModelError(f"{self.where}: expression {self.source[:40]!r}... is nested more than "
+                                 f"{MAX_DEPTH} levels deep")
+            stack.extend((c, d + 1) for c in ast.iter_child_nodes(n))
 
     def __call__(self, env: Env) -> Named:
         return self._fn(env)
@@ -63,12 +88,23 @@ class Expr:
 
     def _compile(self, n: ast.AST):
         if isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and not isinstance(n.value, bool):
-            v, made = float(n.value), {}
+            made = {}
+            try:
+                v = float(n.value)
+            except OverflowError:
+                v = math.inf
+            if not math.isfinite(v):
+                raise ModelError(f"{self.where}: the number {str(n.value)[:20]}... in expression {self.source[:40]!r} "
+                                 f"is too large")
 
             def constant(env):   # one tensor per dtype and device, not one per evaluation
                 key = (env.dtype, env.device)
                 if key not in made:
-                    made[key] = Constant(torch.tensor(v, dtype=env.dtype, device=env.device), (), v)
+                    t = torch.tensor(v, dtype=env.dtype, device=env.device)
+                    if not torch.isfinite(t):
+                        raise ModelError(f"{self.where}: the number {v:g} in expression {self.source!r} is out "
+                                         f"of the range of {str(env.dtype).replace('torch.', '')}; use dtype float64")
+                    made[key] = Constant(t, (), v)
                 return made[key]
             return constant
         if isinstance(n, ast.Name):

@@ -278,17 +278,18 @@ class Fitter:
                         max_samples=R.MAX_SAMPLES if max_samples is None else max_samples)
 
 
-def qem_schedule(s: dict) -> dict:
+def qem_schedule(s: dict, where: str = "qem schedule") -> dict:
     """QEM's step schedule, checked: the weights (t + offset)^-power must be in (0, 1] and,
     for the average to converge (the QEM paper's theorem 1), 0 < power <= 1."""
     for k in s:
         if k not in QEM_SCHEDULE:
-            raise ModelError(f"qem schedule: unknown field {k!r} (fields: power, offset)")
+            raise ModelError(f"{where}: unknown field {k!r} (fields: power, offset)")
     power, offset = s["power"], s["offset"]
-    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0 < power <= 1:
-        raise ModelError(f"qem schedule: 'power' must be a number in (0, 1], got {power!r}")
-    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not offset >= 1:
-        raise ModelError(f"qem schedule: 'offset' must be a number of at least 1, got {offset!r}")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not number(power) or not 0 < power <= 1:
+        raise ModelError(f"{where}: 'power' must be a number in (0, 1], got {power!r}")
+    if not number(offset) or not offset >= 1:
+        raise ModelError(f"{where}: 'offset' must be a number of at least 1, got {offset!r}")
     return {"power": float(power), "offset": float(offset)}
 
 

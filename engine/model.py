@@ -10,19 +10,30 @@ from __future__ import annotations
 import copy
 import json
 import keyword
+import math
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
 
-from .dists import DISTRIBUTIONS, check_args, get_spec
+from .dists import DISTRIBUTIONS, check_args, check_constant, get_spec
 from .errors import ModelError
 from .expr import Expr
+from .safeio import DATA_LIMIT, MODEL_LIMIT, atomic_write_text, load_npz, read_bounded
 
 FORMAT = "kn-model/1"
 KINDS = ("latent", "observed")
-EXTRAS = ("layout", "exact")   # free-form fields for tools: canvas positions, a known posterior
+EXTRAS = ("layout", "exact")   # fields the engine keeps for tools: canvas positions, a known posterior
+FIELDS = ("format", "name", "description", "plates", "nodes", "data", "data_file", "data_plates", "proposal",
+          "qem", *EXTRAS)
+PLATE_FIELDS = ("name", "size", "in")
+NODE_FIELDS = ("name", "kind", "dist", "args", "plate", "shape", "group")
+PROPOSAL_FIELDS = ("dist", "init")
+MAX_NAME = 100          # characters of a name
+MAX_SIZE = 10 ** 9      # elements of a plate, or of a latent's shape
+MAX_RANK = 16           # dims of a constant or a data array
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class Node:
     plate: str | None = None
     shape: tuple[int, ...] | None = None
     group: str | None = None
+    _names: tuple | None = field(default=None, init=False, repr=False, compare=False)   # mentions(), by args
 
     def where(self, arg: str | None = None) -> str:
         return f"node {self.name!r}" + (f", argument {arg!r}" if arg else "")
@@ -55,17 +67,123 @@ class Node:
         return {a: Expr(v, self.where(a)) for a, v in self.args.items() if isinstance(v, str)}
 
     def mentions(self) -> set[str]:
-        return set().union(*[e.names for e in self.exprs().values()])
+        """The names the node's expressions mention (parsed once per change of its arguments)."""
+        key = tuple((a, v) for a, v in self.args.items() if isinstance(v, str))
+        if self._names is None or self._names[0] != key:
+            self._names = (key, frozenset().union(*[e.names for e in self.exprs().values()]))
+        return set(self._names[1])
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def _check_size(plate: str, size) -> None:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise ModelError(f"plate {plate!r}: size must be a positive integer, got {size!r}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, (bool, np.bool_)) or not 1 <= size <= MAX_SIZE:
+        raise ModelError(f"plate {plate!r}: size must be a positive integer of at most {MAX_SIZE}, got {size!r}")
 
 
 def _check_name(name, what):
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-        raise ModelError(f"{what} name {name!r} must be a Python-style identifier")
+        raise ModelError(f"{what} name {_short(name)} must be a Python-style identifier")
+    if len(name) > MAX_NAME:
+        raise ModelError(f"{what} name {_short(name)} is longer than {MAX_NAME} characters")
+    normal = unicodedata.normalize("NFKC", name)
+    if normal != name:   # Python's parser reads the name in an expression as `normal`
+        raise ModelError(f"{what} name {name!r} is not in Unicode normal form: an expression reads it as "
+                         f"{normal!r}; name it {normal!r}")
+
+
+def _short(v, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
+
+
+def _shape(shape, where: str):
+    if shape is None:
+        return None
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_RANK or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) and s >= 1 for s in shape):
+        raise ModelError(f"{where}: shape must be a list of positive integers, like [3], got {_short(shape)}")
+    if math.prod(shape) > MAX_SIZE:
+        raise ModelError(f"{where}: shape {list(shape)} has more than {MAX_SIZE} entries")
+    return tuple(int(s) for s in shape)
+
+
+def _type_name(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if _is_number(v) else type(v).__name__)
+
+
+def _field(doc: dict, key: str, kind: type, where: str, default=None):
+    """doc[key] if it is a `kind` (dict, list or str); `default` if absent."""
+    v = doc.get(key)
+    if v is None:   # absent, or null
+        return default
+    if not isinstance(v, kind):
+        want = {dict: "an object", list: "a list", str: "a string"}[kind]
+        raise ModelError(f"{where}field {key!r} must be {want}, got {_type_name(v)}")
+    return v
+
+
+def _unknown(d: dict, allowed, where: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ModelError(f"{where}: unknown field {_short(k)} (fields: {', '.join(allowed)})")
+
+
+def _constant(v, where: str) -> np.ndarray:
+    """A constant written in a model (a number or nested lists of numbers) as a float64
+    array: rectangular, not empty, finite."""
+    shape = _rectangle(v, where, numbers_only=True)
+    if 0 in shape:
+        raise ModelError(f"{where}: an empty list is not a value")
+    arr = np.asarray(v, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ModelError(f"{where}: {_short(v)} is not finite")
+    return arr
+
+
+def _rectangle(v, where: str, numbers_only: bool, index=()) -> tuple[int, ...]:
+    """The shape of nested lists `v`, refusing anything but numbers (and null, for data)
+    at the leaves and lists of unequal lengths."""
+    at = f" at index {list(index)}" if index else ""
+    if isinstance(v, (list, tuple)):
+        if len(index) >= MAX_RANK:
+            raise ModelError(f"{where}: nested more than {MAX_RANK} lists deep")
+        shapes = [_rectangle(x, where, numbers_only, (*index, i)) for i, x in enumerate(v)]
+        for i, s in enumerate(shapes[1:], 1):
+            if s != shapes[0]:
+                raise ModelError(f"{where}: ragged lists{at}: entry {i} has shape {s} but entry 0 has {shapes[0]}"
+                                 + ("" if numbers_only else "; pad ragged groups with null"))
+        return (len(v), *(shapes[0] if shapes else ()))
+    if _is_number(v) or (not numbers_only and (v is None or isinstance(v, bool))):
+        if isinstance(v, (int, np.integer)) and not -2 ** 63 <= v < 2 ** 63:
+            raise ModelError(f"{where}: the integer{at} is too large")
+        return ()
+    raise ModelError(f"{where}: {_type_name(v)}{at} ({_short(v, 30)}) is not a number")
+
+
+def _data_array(value, where: str) -> np.ndarray:
+    """Data as a numeric array: nested lists or an array of numbers, booleans and null
+    (missing, NaN); rectangular, not empty, nothing infinite."""
+    if isinstance(value, np.ndarray):
+        arr = value
+        if arr.dtype.kind not in "biuf":
+            raise ModelError(f"{where}: has dtype {arr.dtype}; data must be numbers")
+    else:
+        _rectangle(value, where, numbers_only=False)
+        arr = np.asarray(_nulls_to_nan(value))
+        if arr.dtype.kind not in "biuf":   # e.g. integers that do not fit one dtype
+            raise ModelError(f"{where}: its values do not fit one numeric type")
+    if arr.ndim > MAX_RANK:
+        raise ModelError(f"{where}: has {arr.ndim} dims, more than {MAX_RANK}")
+    if 0 in arr.shape:
+        raise ModelError(f"{where}: is empty (shape {arr.shape})")
+    if arr.dtype.kind == "f" and np.isinf(arr).any():
+        idx = tuple(int(i) for i in np.argwhere(np.isinf(arr))[0])
+        raise ModelError(f"{where}: has an infinite value at index {list(idx)}")
+    return arr
 
 
 class Model:
@@ -75,10 +193,11 @@ class Model:
         self.plates: dict[str, Plate] = {}
         self.data: dict[str, np.ndarray] = {}
         self.data_plates: dict[str, list[str]] = {}   # optional explicit plates of covariates
-        self.proposal: dict[str, dict] = {}            # latent -> {"dist": family, "init"?: {param: value}}
+        self.proposal: dict[str, dict] = {}            # latent -> {"dist": family[, "init": {param: value}]}
         self.qem: dict = {}                            # QEM's step schedule {"power", "offset"}, if set
         self.description = ""
         self.extras: dict = {}   # optional fields the engine keeps but does not read: layout, exact
+        self._order: dict | None = None   # node -> topological position; None after a change
 
     # ---- editing -------------------------------------------------------------------
     def add_plate(self, name: str, size: int, parent: str | None = None) -> "Model":
@@ -86,8 +205,10 @@ class Model:
         if name in self.plates:
             raise ModelError(f"plate {name!r} already exists")
         _check_size(name, size)
-        if parent is not None and parent not in self.plates:
-            raise ModelError(f"plate {name!r}: the enclosing plate {parent!r} does not exist")
+        if parent is not None and (not isinstance(parent, str) or parent not in self.plates):
+            raise ModelError(f"plate {name!r}: the enclosing plate {_short(parent)} does not exist")
+        if name in self.graph:
+            raise ModelError(f"plate {name!r}: a node has the same name")
         self.plates[name] = Plate(name, int(size), parent)
         return self
 
@@ -113,18 +234,18 @@ class Model:
         _check_name(name, "node")
         if name in self.graph:
             raise ModelError(f"node {name!r} already exists")
-        self._put(Node(name, kind, dist, dict(args or {}), plate, tuple(shape) if shape is not None else None, group))
+        self._put(self._new_node(name, kind, dist, args, plate, shape, group))
         return self
 
     def update_node(self, name: str, **changes) -> "Model":
         """Change fields of a node; the graph is left as it was if the change is invalid."""
         old = self.node(name)
-        new = copy.deepcopy(old)
+        fields = {k: getattr(old, k) for k in NODE_FIELDS}
         for k, v in changes.items():
-            if not hasattr(new, k) or k == "name":
-                raise ModelError(f"node {name!r}: no field {k!r}")
-            setattr(new, k, tuple(v) if k == "shape" and v is not None else v)
-        self._put(new, replace=True)
+            if k not in NODE_FIELDS or k == "name":
+                raise ModelError(f"node {name!r}: no field {_short(k)}")
+            fields[k] = copy.deepcopy(v)
+        self._put(self._new_node(**fields), replace=True)
         return self
 
     def remove_node(self, name: str) -> "Model":
@@ -133,59 +254,101 @@ class Model:
         if children:
             raise ModelError(f"node {name!r} is used by {', '.join(sorted(children))}; edit them first")
         self.graph.remove_node(name)
+        self._order = None
         self.proposal.pop(name, None)
         return self
 
     def set_data(self, name: str, value, plates: list[str] | None = None) -> "Model":
         _check_name(name, "data")
-        arr = np.asarray(value if not isinstance(value, list) else _nulls_to_nan(value))
-        if arr.dtype == object:
-            raise ModelError(f"data {name!r} is ragged or not numeric; pad ragged groups with null")
-        self.data[name] = arr
+        self.data[name] = _data_array(value, f"data {name!r}")
         if plates is not None:
-            self.data_plates[name] = list(plates)
+            self.data_plates[name] = _plate_list(plates, f"data_plates {name!r}")
         return self
 
+    def _new_node(self, name, kind, dist, args, plate, shape, group) -> Node:
+        """A Node whose every field has the right type and whose constant arguments are in
+        range (what can be checked without the rest of the model)."""
+        _check_name(name, "node")
+        where = f"node {name!r}"
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise ModelError(f"{where}: kind must be 'latent' or 'observed', got {_short(kind)}")
+        if not isinstance(dist, str):
+            raise ModelError(f"{where}: dist must be a distribution name, got {_type_name(dist)}")
+        spec = get_spec(dist, where)
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ModelError(f"{where}: args must be an object of arguments, got {_type_name(args)}")
+        for a in args:
+            if not isinstance(a, str):
+                raise ModelError(f"{where}: argument name {_short(a)} is not a string")
+        check_args(spec, set(args), where)
+        if plate is not None and not isinstance(plate, str):
+            raise ModelError(f"{where}: plate must be a plate name, got {_type_name(plate)}")
+        if group is not None:
+            _check_name(group, f"{where}: group")
+        node = Node(name, kind, dist, {}, plate, _shape(shape, where), group)
+        for a, v in args.items():
+            node.args[a] = _argument(spec, a, v, node.where(a))
+        node.mentions()   # parses every expression, or says why one cannot be
+        return node
+
     def _put(self, node: Node, replace: bool = False) -> None:
-        if node.kind not in KINDS:
-            raise ModelError(f"{node.where()}: kind must be 'latent' or 'observed', got {node.kind!r}")
-        spec = get_spec(node.dist, node.where())
-        check_args(spec, set(node.args), node.where())
+        """Insert a checked node (or replace the one of its name); refused if it would make a cycle."""
         if node.plate is not None and node.plate not in self.plates:
             raise ModelError(f"{node.where()}: plate {node.plate!r} does not exist")
         if node.name in self.plates:
             raise ModelError(f"{node.where()}: a plate has the same name")
-        for a, v in node.args.items():
-            if isinstance(v, dict) and set(v) == {"param"}:
-                node.args[a] = v = Param(v["param"])
-            if not isinstance(v, (int, float, list, str, Param)) or isinstance(v, bool):
-                raise ModelError(f"{node.where(a)}: must be a number, a list, an expression or "
-                                 f"{{\"param\": init}}, got {v!r}")
         parents = node.mentions() & set(self.graph.nodes)
         g = self.graph.copy()
         if replace:
             g.remove_edges_from(list(g.in_edges(node.name)))
         g.add_node(node.name, node=node)
         g.add_edges_from((p, node.name) for p in parents)
-        g.add_edges_from((node.name, c) for c in g.nodes
-                         if c != node.name and node.name in g.nodes[c]["node"].mentions())
+        if not replace:   # nodes added before the node they mention
+            g.add_edges_from((node.name, c) for c in g.nodes
+                             if c != node.name and node.name in g.nodes[c]["node"].mentions())
         if not nx.is_directed_acyclic_graph(g):
             cycle = " -> ".join(e[0] for e in nx.find_cycle(g)) + f" -> {nx.find_cycle(g)[0][0]}"
             raise ModelError(f"{node.where()}: this makes a cycle {cycle}")
         self.graph = g
+        self._order = None
+
+    def _add_nodes(self, nodes: list[Node]) -> None:
+        """Insert many checked nodes at once, in any order: one graph, one acyclicity check."""
+        for n in nodes:
+            if n.plate is not None and n.plate not in self.plates:
+                raise ModelError(f"{n.where()}: plate {n.plate!r} does not exist")
+            if n.name in self.plates:
+                raise ModelError(f"{n.where()}: a plate has the same name")
+        g = self.graph.copy()
+        g.add_nodes_from((n.name, {"node": n}) for n in nodes)
+        for n in g.nodes:
+            node = g.nodes[n]["node"]
+            g.add_edges_from((p, n) for p in node.mentions() if p in g)
+        if not nx.is_directed_acyclic_graph(g):
+            cyc = [e[0] for e in nx.find_cycle(g)]
+            raise ModelError(f"node {cyc[0]!r}: the model has a cycle {' -> '.join(cyc + [cyc[0]])}")
+        self.graph = g
+        self._order = None
 
     # ---- queries -------------------------------------------------------------------
     def node(self, name: str) -> Node:
-        if name not in self.graph:
-            raise ModelError(f"no node named {name!r}")
+        if not isinstance(name, str) or name not in self.graph:
+            raise ModelError(f"no node named {_short(name)}")
         return self.graph.nodes[name]["node"]
+
+    def _topological(self) -> dict:
+        """Node -> position in the topological order (ties broken by order of insertion)."""
+        if self._order is None:
+            added = {n: i for i, n in enumerate(self.graph)}
+            self._order = {n: i for i, n in enumerate(nx.lexicographical_topological_sort(
+                self.graph, key=added.__getitem__))}
+        return self._order
 
     @property
     def nodes(self) -> list[Node]:
-        return [self.graph.nodes[n]["node"] for n in nx.lexicographical_topological_sort(self.graph, key=self._order)]
-
-    def _order(self, name):
-        return list(self.graph.nodes).index(name)
+        return [self.graph.nodes[n]["node"] for n in self._topological()]
 
     @property
     def latents(self) -> list[str]:
@@ -204,13 +367,13 @@ class Model:
         return tuple(reversed(out))
 
     def parents(self, name: str) -> list[str]:
-        return sorted(self.graph.predecessors(name), key=self._order)
+        return sorted(self.graph.predecessors(name), key=self._topological().__getitem__)
 
     # ---- validation ----------------------------------------------------------------
     def validate(self) -> None:
         """Everything that can be checked without running: raises ModelError."""
         if not self.graph.nodes:
-            raise ModelError("the model has no nodes")
+            raise ModelError("the model has no nodes (field 'nodes' is empty)")
         for p in self.plates.values():
             seen, q = set(), p.name
             while q is not None:
@@ -219,6 +382,7 @@ class Model:
                 seen.add(q)
                 q = self.plates[q].parent
         known = set(self.graph.nodes) | set(self.data)
+        group_plate = {}
         for node in self.nodes:
             for a, e in node.exprs().items():
                 for name in sorted(e.names - known):
@@ -241,14 +405,22 @@ class Model:
                         f"data {node.name!r} has shape {shape} but node {node.name!r} lives in plates "
                         f"{'/'.join(f'{p}({self.plates[p].size})' for p in chain)}: its leading dims "
                         f"must be {sizes}")
+            elif node.name in self.data:
+                raise ModelError(f"data {node.name!r}: latent {node.name!r} has the same name (data for a "
+                                 f"node makes it observed: set its kind to 'observed')")
             if node.group is not None:
-                for other in self.nodes:
-                    if other.group == node.group and other.plate != node.plate:
-                        raise ModelError(f"{node.where()}: group {node.group!r} mixes plates "
-                                         f"{node.plate!r} and {other.plate!r}; a group lives in one plate")
                 if node.kind != "latent":
                     raise ModelError(f"{node.where()}: only latents can be grouped")
+                other = group_plate.setdefault(node.group, node.plate)
+                if other != node.plate:
+                    raise ModelError(f"{node.where()}: group {node.group!r} mixes plates "
+                                     f"{node.plate!r} and {other!r}; a group lives in one plate")
+        for g in group_plate:
+            if g in self.graph and self.node(g).group != g:
+                raise ModelError(f"group {g!r}: node {g!r} has the same name but is not in it; rename the group")
         for name, plates in self.data_plates.items():
+            if name not in self.data:
+                raise ModelError(f"data_plates {name!r}: there is no data named {name!r}")
             for p in plates:
                 if p not in self.plates:
                     raise ModelError(f"data {name!r}: plate {p!r} does not exist")
@@ -294,94 +466,89 @@ class Model:
 
     @classmethod
     def from_dict(cls, doc: dict, base: Path | None = None) -> "Model":
+        """The model of a kn-model/1 document. `base` is the folder of the file it was read
+        from: its `data_file` must lie inside it. Without one (an upload) `data_file` is refused."""
         if not isinstance(doc, dict):
             raise ModelError("a model document must be a JSON object")
         if doc.get("format") != FORMAT:
-            raise ModelError(f"field 'format' must be {FORMAT!r}, got {doc.get('format')!r}")
-        known = {"format", "name", "description", "plates", "nodes", "data", "data_file", "data_plates", "proposal",
-                 "qem", *EXTRAS}
-        for k in doc:
-            if k not in known:
-                raise ModelError(f"unknown field {k!r} (fields: {', '.join(sorted(known))})")
-        m = cls(doc.get("name", "model"))
-        m.description = doc.get("description", "")
-        plates = list(doc.get("plates", []))
+            raise ModelError(f"field 'format' must be {FORMAT!r}, got {_short(doc.get('format'))}")
+        _unknown(doc, FIELDS, "the document")
+        m = cls(_field(doc, "name", str, "", "model"))
+        m.description = _field(doc, "description", str, "", "")
+        plates = _field(doc, "plates", list, "", [])
+        pending = {}
         for i, p in enumerate(plates):
             if not isinstance(p, dict) or "name" not in p or "size" not in p:
-                raise ModelError(f"plates[{i}] needs 'name' and 'size'")
-        pending = {p["name"]: p for p in plates}
+                raise ModelError(f"plates[{i}] must be an object with 'name' and 'size'")
+            _check_name(p["name"], f"plates[{i}]: plate")
+            _unknown(p, PLATE_FIELDS, f"plate {p['name']!r}")
+            if p["name"] in pending:
+                raise ModelError(f"plate {p['name']!r} is listed twice")
+            if p.get("in") is not None and not isinstance(p["in"], str):
+                raise ModelError(f"plate {p['name']!r}: field 'in' must be the name of a plate, got "
+                                 f"{_type_name(p['in'])}")
+            pending[p["name"]] = p
         while pending:  # add enclosing plates first, whatever the listed order
             ready = [p for p in pending.values() if p.get("in") is None or p.get("in") in m.plates]
             if not ready:
                 p = next(iter(pending.values()))
-                raise ModelError(f"plate {p['name']!r}: the enclosing plate {p.get('in')!r} does not exist "
-                                 f"or plates nest in a cycle")
+                raise ModelError(f"plate {p['name']!r}: the enclosing plate {_short(p.get('in'))} does not "
+                                 f"exist or plates nest in a cycle")
             for p in ready:
                 m.add_plate(p["name"], p["size"], p.get("in"))
                 del pending[p["name"]]
-        if "data_file" in doc:
-            path = Path(doc["data_file"])
-            path = (base / path) if base is not None and not path.is_absolute() else path
-            try:
-                with np.load(path) as z:
-                    for k in z.files:
-                        m.set_data(k, z[k])
-            except OSError as e:
-                raise ModelError(f"field 'data_file': cannot read {str(path)!r} ({e})") from None
-        for k, v in (doc.get("data") or {}).items():
+        if doc.get("data_file") is not None:
+            for k, v in _read_data_file(doc["data_file"], base).items():
+                m.set_data(k, v)
+        for k, v in _field(doc, "data", dict, "", {}).items():
             m.set_data(k, v)
-        m.data_plates = {k: list(v) for k, v in (doc.get("data_plates") or {}).items()}
-        nodes = doc.get("nodes", [])
-        for i, n in enumerate(nodes):
+        for k, v in _field(doc, "data_plates", dict, "", {}).items():
+            _check_name(k, "data_plates: data")
+            m.data_plates[k] = _plate_list(v, f"data_plates {k!r}")
+        nodes, names = [], set()
+        for i, n in enumerate(_field(doc, "nodes", list, "", [])):
             if not isinstance(n, dict) or not {"name", "kind", "dist"} <= set(n):
-                raise ModelError(f"nodes[{i}] needs 'name', 'kind' and 'dist'")
-            extra = set(n) - {"name", "kind", "dist", "args", "plate", "shape", "group"}
-            if extra:
-                raise ModelError(f"node {n['name']!r}: unknown field {sorted(extra)[0]!r}")
-        # Nodes may be listed in any order: add each once all the nodes it mentions exist.
-        names = {n["name"] for n in nodes}
-        pending = list(nodes)
-        while pending:
-            progress = False
-            for n in list(pending):
-                mentioned = Node(n["name"], n["kind"], n["dist"], dict(n.get("args") or {})).mentions() & names
-                if mentioned <= set(m.graph.nodes):
-                    m.add_node(n["name"], n["kind"], n["dist"], n.get("args"), n.get("plate"), n.get("shape"),
-                               n.get("group"))
-                    pending.remove(n)
-                    progress = True
-            if not progress:
-                g = nx.DiGraph()
-                for n in pending:
-                    for p in Node(n["name"], n["kind"], n["dist"], dict(n.get("args") or {})).mentions() & names:
-                        g.add_edge(p, n["name"])
-                cyc = [e[0] for e in nx.find_cycle(g)]
-                raise ModelError(f"node {cyc[0]!r}: the model has a cycle {' -> '.join(cyc + [cyc[0]])}")
-        m.proposal = {k: dict(v) for k, v in (doc.get("proposal") or {}).items()}
-        if "qem" in doc:
-            from .fit import QEM_SCHEDULE, qem_schedule
-            if not isinstance(doc["qem"], dict):
-                raise ModelError(f"field 'qem' must be an object {{\"power\": p, \"offset\": t0}}, got {doc['qem']!r}")
-            qem_schedule({**QEM_SCHEDULE, **doc["qem"]})   # checked now, not at the first fit
-            m.qem = dict(doc["qem"])
-        m.extras = {k: copy.deepcopy(doc[k]) for k in EXTRAS if k in doc}
+                raise ModelError(f"nodes[{i}] must be an object with 'name', 'kind' and 'dist'")
+            _check_name(n["name"], f"nodes[{i}]: node")
+            _unknown(n, NODE_FIELDS, f"node {n['name']!r}")
+            if n["name"] in names:
+                raise ModelError(f"node {n['name']!r} is listed twice")
+            names.add(n["name"])
+            nodes.append(m._new_node(n["name"], n["kind"], n["dist"], n.get("args"), n.get("plate"),
+                                     n.get("shape"), n.get("group")))
+        m._add_nodes(nodes)
+        for k, v in _field(doc, "proposal", dict, "", {}).items():
+            m.proposal[k] = _proposal_entry(k, v)
+        if doc.get("qem") is not None:
+            m.qem = _qem(doc["qem"])
+        if doc.get("layout") is not None:
+            _layout(doc["layout"])
+        _field(doc, "exact", dict, "")
+        m.extras = {k: copy.deepcopy(doc[k]) for k in EXTRAS if doc.get(k) is not None}
         if m.graph.nodes:
             m.validate()
         return m
 
     @classmethod
     def load(cls, path) -> "Model":
+        """A model file: a regular file of at most safeio.MODEL_LIMIT bytes; its data_file
+        (an .npz) must lie in the same folder or below it."""
         path = Path(path)
+        raw = read_bounded(path, MODEL_LIMIT, "model file")
         try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ModelError(f"no model file at {str(path)!r}") from None
+            doc = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ModelError(f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
             raise ModelError(f"{path.name}: not valid JSON ({e})") from None
+        except (ValueError, RecursionError) as e:   # an integer of over 4300 digits; arrays nested too deep
+            raise ModelError(f"{path.name}: not a JSON document this reader accepts ({type(e).__name__}: "
+                             f"{str(e)[:100]})") from None
         return cls.from_dict(doc, base=path.parent)
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        """Write the kn-model/1 document atomically (the old file stays whole until the new one is)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     def copy(self) -> "Model":
         return copy.deepcopy(self)
@@ -403,6 +570,100 @@ class Model:
 
     def __repr__(self):
         return f"Model({self.name!r}: {len(self.latents)} latents, {len(self.observed)} observed, plates {list(self.plates)})"
+
+
+def _argument(spec, arg: str, v, where: str):
+    """A node argument as the model keeps it: a number, a list (a constant array), an
+    expression string or a Param; constants (and a Param's initial value) in range."""
+    if isinstance(v, dict):
+        if set(v) != {"param"}:
+            raise ModelError(f"{where}: an object argument must be {{\"param\": init}}, got keys "
+                             f"{', '.join(map(_short, v))}")
+        check_constant(spec, arg, _constant(v["param"], f"{where}, initial value"), f"{where}, initial value")
+        return Param(v["param"])
+    if isinstance(v, Param):
+        check_constant(spec, arg, _constant(v.init, f"{where}, initial value"), f"{where}, initial value")
+        return v
+    if isinstance(v, str):   # parsed by the node's mentions()
+        return v
+    if _is_number(v) or isinstance(v, (list, tuple)):
+        check_constant(spec, arg, _constant(v, where), where)
+        return list(v) if isinstance(v, tuple) else v
+    raise ModelError(f"{where}: must be a number, a list, an expression or {{\"param\": init}}, "
+                     f"got {_type_name(v)}")
+
+
+def _plate_list(v, where: str) -> list[str]:
+    if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
+        raise ModelError(f"{where}: must be a list of plate names, got {_short(v)}")
+    if len(set(v)) != len(v):
+        raise ModelError(f"{where}: names a plate twice")
+    return list(v)
+
+
+def _proposal_entry(name, v) -> dict:
+    """A proposal entry: "prior", or {["dist": family][, "init": {parameter: number or list}]}."""
+    if not isinstance(name, str):
+        raise ModelError(f"proposal for {_short(name)}: not a latent name")
+    where = f"proposal for {name!r}"
+    if v == "prior":
+        return {"dist": "prior"}
+    if not isinstance(v, dict):
+        raise ModelError(f"{where}: must be \"prior\" or an object like {{\"dist\": \"Normal\"}}, "
+                         f"got {_type_name(v)}")
+    _unknown(v, PROPOSAL_FIELDS, where)
+    from .proposal import FAMILIES
+    if "dist" in v and (not isinstance(v["dist"], str) or v["dist"] not in ("prior", *FAMILIES)):
+        raise ModelError(f"{where}: field 'dist' must be one of prior, {', '.join(FAMILIES)}; "
+                         f"got {_short(v.get('dist'))}")   # absent: the default family for the latent
+    init = v.get("init", {})
+    if not isinstance(init, dict):
+        raise ModelError(f"{where}: field 'init' must be an object of numbers or lists, got {_type_name(init)}")
+    for k, x in init.items():
+        if not isinstance(k, str):
+            raise ModelError(f"{where}: field 'init' has a key {_short(k)} that is not a string")
+        _constant(x, f"{where}, init {k!r}")
+    return copy.deepcopy(v)
+
+
+def _qem(v) -> dict:
+    """The model file's QEM step schedule, checked now rather than at the first fit."""
+    from .fit import QEM_SCHEDULE, qem_schedule
+    if not isinstance(v, dict):
+        raise ModelError(f"field 'qem' must be an object {{\"power\": p, \"offset\": t0}}, got {_type_name(v)}")
+    qem_schedule({**QEM_SCHEDULE, **v}, "field 'qem'")
+    return dict(v)
+
+
+def _layout(v) -> None:
+    if not isinstance(v, dict):
+        raise ModelError(f"field 'layout' must be an object of positions, got {_type_name(v)}")
+    for k, x in v.items():
+        if not (isinstance(x, list) and len(x) == 2 and all(_is_number(c) and math.isfinite(c) for c in x)):
+            raise ModelError(f"field 'layout': the position of {_short(k)} must be [x, y], got {_short(x)}")
+
+
+def _read_data_file(name, base) -> dict:
+    """The arrays of `data_file`, which must lie inside the folder `base` (after resolving
+    `..` and symlinks); refused where there is no folder (a document that was uploaded)."""
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"field 'data_file' must be the name of an .npz file, got {_short(name)}")
+    if base is None:
+        raise ModelError("field 'data_file' is not allowed in a model that is not read from a file (an "
+                         "upload): put the arrays in its 'data' field")
+    if Path(name).is_absolute():
+        raise ModelError(f"field 'data_file': {name!r} is an absolute path; name a file in the model's folder")
+    try:
+        root = Path(base).resolve()
+        path = (root / name).resolve()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ModelError(f"field 'data_file': cannot resolve {name!r} ({e})") from None
+    if not path.is_relative_to(root):
+        raise ModelError(f"field 'data_file': {name!r} leads outside the model's folder")
+    try:
+        return load_npz(path, DATA_LIMIT, "data file")
+    except ModelError as e:
+        raise ModelError(f"field 'data_file': {e}") from None
 
 
 def _nulls_to_nan(v):

@@ -18,7 +18,8 @@ from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
 from .contract import Plan
-from .dists import build, event_sum, fast_log_prob, get_spec, support_fill
+from .dists import (build, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok, support_fill,
+                    to_dtype)
 from .errors import ModelError
 from .expr import Env
 from .model import Model, Node, Param
@@ -278,10 +279,37 @@ class Program:
             else:
                 key = (node.name, a)
                 if key not in self._constants:
-                    t = torch.tensor(v, dtype=self.dtype, device=self.device)
+                    t = to_dtype(v, self.dtype, self.device, node.where(a))
+                    msg = range_error(spec, a, t)
+                    if msg is not None:   # in range as written (checked at load), not once rounded
+                        raise ModelError(f"{node.where(a)}: {msg} in {_dtype_name(self.dtype)}, where the value "
+                                         f"written rounds to it; use dtype float64")
                     self._constants[key] = Constant(t, (), float(v)) if t.dim() == 0 else Named(t, ())
                 out[a] = self._constants[key]
+        if not self._checked:
+            self._check_inputs(node, env, out)
         return out
+
+    def _check_inputs(self, node: Node, env: Env, args: dict[str, Named]) -> None:
+        """On a program's first evaluation: the data `node` reads fit the dtype, and each of
+        its arguments is in range, the node and argument named (later, an argument out of
+        range would show as a NaN in a child)."""
+        for name in self.mentions[node.name]:
+            t = env.values[name].t
+            if name in self.kdim and t.is_floating_point() and bool(torch.isnan(t).any()):   # blame the parent
+                raise ModelError(f"node {name!r}: some of its particles are NaN (its proposal or its arguments "
+                                 f"are out of range)")
+            if name not in self.kdim and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ModelError(f"data {name!r}: values beyond the range of {_dtype_name(self.dtype)} (largest "
+                                 f"{torch.finfo(self.dtype).max:.3g}); use dtype float64")
+        for a, v in args.items():
+            src = node.args.get(a)
+            if isinstance(src, Param) and not bool(torch.isfinite(v.t).all()):
+                raise ModelError(f"{node.where(a)}: its value {_np_text(v.t)} is out of the range of "
+                                 f"{_dtype_name(self.dtype)}; use dtype float64")
+            msg = range_error(self.specs[node.name], a, v.t)
+            if msg is not None:
+                raise ModelError(f"{node.where(a)}: {msg}" + (f" (from {src!r})" if isinstance(src, str) else ""))
 
     def _layout(self, node: Node, args: dict[str, Named], dims: tuple[str, ...]):
         """The spec, the batch dims of node's distribution (`dims` and its arguments'), and
@@ -325,6 +353,7 @@ class Program:
             self.device.index if self.device.index is not None else torch.cuda.current_device()]
         state = gen.get_state()
         gen.manual_seed(seed)
+        ranges = []   # (node, argument, whether in range): looked at once, after every latent is drawn
         try:
             for node in self.nodes:
                 name = node.name
@@ -336,11 +365,16 @@ class Program:
                     x = q.sample(self.K, reparam)
                     if self._defends(q):   # each particle from the prior instead with probability defensive
                         pick = torch.rand(x.shape[:len(self.own[name])], device=self.device) < self.defensive
-                        prior = self._draw_prior(node, values, reparam).t
+                        prior = self._draw_prior(node, values, reparam, ranges).t
                         x = torch.where(pick.reshape(*pick.shape, *[1] * (x.dim() - pick.dim())), prior, x)
                     values[name] = Named(x, self.own[name])
                     continue
-                values[name] = self._draw_prior(node, values, reparam)
+                values[name] = self._draw_prior(node, values, reparam, ranges)
+            if ranges and not bool(torch.stack([r[-1] for r in ranges]).all()):
+                node, a, t, _ = next(r for r in ranges if not bool(r[-1]))
+                src = node.args.get(a)
+                raise ModelError(f"{node.where(a)}: {range_error(self.specs[node.name], a, t)} for some particles"
+                                 + (f" (from {src!r})" if isinstance(src, str) else ""))
         finally:
             gen.set_state(state)
         return values
@@ -348,14 +382,18 @@ class Program:
     def _defends(self, q) -> bool:
         return self.defensive > 0 and q is not None and not q.discrete   # discrete Q mix in a uniform already
 
-    def _draw_prior(self, node: Node, values: dict[str, Named], reparam: bool) -> Named:
+    def _draw_prior(self, node: Node, values: dict[str, Named], reparam: bool, ranges: list) -> Named:
         """K particles of a latent from its prior, each parent particle on another K-dim
-        coupled to the child's by a random permutation per plate element."""
+        coupled to the child's by a random permutation per plate element. Arguments computed
+        from particles join `ranges`, to be checked once the whole draw is done."""
         kd, target = self.kdim[node.name], self.own[node.name]
         sizes = [self.sizes[d] for d in target]
         perms = {p: torch.rand(sizes, device=self.device).argsort(0)
                  for p in self.latent_parents[node.name] if self.kdim[p] != kd}
         args = self._args(node, self._env(node, values, kd, perms))
+        if self._checked:   # the first draw's are checked by _args
+            ranges += [(node, a, v.t, ok) for a, v in args.items() if not isinstance(v, Constant)
+                       and (ok := range_ok(self.specs[node.name], a, v.t)) is not None]
         d, dims, n_extra = self._dist(node, args, target)
         extra = node.shape[:n_extra] if node.shape is not None else d.batch_shape[len(dims):]
         try:
@@ -382,6 +420,13 @@ class Program:
         d = None if self._checked else build(spec, args, dims, n_extra, node.where())   # validates, once
         if node.kind == "observed" and not self._checked:
             self._check_support(node, d, v, dims, mask)
+            # probs of exactly 0 or 1 that no latent moves (a constant, data): a value they make
+            # impossible is a data error, not a particle of weight zero (torch would score it log(eps))
+            fixed = all(d in self.plate_sizes for a in ("probs", "total_count") if a in args for d in args[a].dims)
+            bad = impossible(spec, args, dims, n_extra, v) if fixed else None
+            if bad is not None:
+                self._none_possible(node, ~bad, dims, mask, f"is impossible under {node.dist} with probs "
+                                                            f"{'0' if spec.name == 'NegativeBinomial' else '0 or 1'}")
         off = None if offset is None else offset.align(dims, 0)
         try:
             lp = fast_log_prob(spec, args, dims, n_extra, v, off, self._expanded[node.name])
@@ -399,15 +444,27 @@ class Program:
         if mask is not None:
             m = Named(mask, self.chain[node.name]).align(dims, 0)
             lp = Named(torch.where(m, lp.t, torch.zeros((), dtype=lp.t.dtype, device=lp.t.device)), dims)
+        if node.kind == "observed" and not self._checked:
+            big = self.dtype == torch.float32 and bool((v.abs() > 1e18).any())
+            self._none_possible(node, lp.t.detach() > -math.inf, dims, None,
+                                "has zero probability under every particle" + (
+                                    " (values this large overflow float32: try dtype float64)" if big else ""))
         return lp
 
     def _check_support(self, node, d, v, dims, mask):
         """An observed value that no particle combination can produce is a data error."""
+        if not bool(torch.isfinite(v).all()):   # inf is refused at load: this overflowed the dtype
+            raise ModelError(f"data {node.name!r}: values beyond the range of {_dtype_name(self.dtype)} (largest "
+                             f"{torch.finfo(self.dtype).max:.3g}); use dtype float64")
         try:
             ok = d.support.check(v)
         except (NotImplementedError, AttributeError, RuntimeError):
             return
         ok = ok.reshape(*ok.shape[:len(dims)], -1).all(-1)
+        self._none_possible(node, ok, dims, mask, f"is outside the support of {node.dist}")
+
+    def _none_possible(self, node, ok, dims, mask, why: str):
+        """Refuse an observed value that `ok` (over `dims`) says no particle combination allows."""
         kaxes = [i for i, x in enumerate(dims) if x not in self.plate_sizes]
         if kaxes:
             ok = ok.any(dim=kaxes)
@@ -422,8 +479,7 @@ class Program:
                 k = chain.index(plate)
                 idx = idx[:k] + (idx[k] + start,) + idx[k + 1:]
             val = self._observed[node.name][0].t[idx]
-            raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} is outside "
-                             f"the support of {node.dist}")
+            raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} {why}")
 
     def factors(self, values: dict[str, Named], nodes=None, sources=None) -> dict[str, Named]:
         """The factor of every node (or of `nodes`), restricted to the current chunk; with
@@ -585,16 +641,96 @@ class Program:
 
 
 def default_budget(device: torch.device) -> int:
-    """Half the memory free on the device now."""
+    """Half the memory free on the device now (on the CPU, within the container's cgroup
+    limit too)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.5 * free)
+    free = available_memory()
+    return int(0.5 * free) if free is not None else 4 << 30
+
+
+def available_memory(proc: str = "/proc") -> int | None:
+    """Bytes this process may still allocate: the kernel's MemAvailable, or less where a
+    cgroup (v1 or v2) of this process, or one above it, has a memory limit."""
+    free = []
     try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(0.5 * int(info["MemAvailable"].split()[0]) * 1024)
+        with open(f"{proc}/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        free.append(int(info["MemAvailable"].split()[0]) * 1024)
     except (OSError, KeyError, ValueError):
-        return 4 << 30
+        pass
+    free += [limit - used for limit, used in _cgroup_limits(proc)]
+    return max(min(free), 0) if free else None
+
+
+def _cgroup_limits(proc: str) -> list[tuple[int, int]]:
+    """(limit, usage less reclaimable page cache) of every memory cgroup from this
+    process's up to its hierarchy's root that has a limit. Mount points and the
+    process's cgroup path come from /proc/self/mountinfo and /proc/self/cgroup."""
+    try:
+        with open(f"{proc}/self/cgroup") as f:
+            groups = [line.rstrip("\n").split(":", 2) for line in f]
+        with open(f"{proc}/self/mountinfo") as f:
+            mounts = [line.split() for line in f]
+    except OSError:
+        return []
+    out = []
+    for fields in mounts:
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        fstype, options = fields[sep + 1], fields[sep + 3].split(",") if len(fields) > sep + 3 else []
+        root, point = fields[3], fields[4]
+        if fstype == "cgroup2":
+            path = next((p for h, c, p in groups if h == "0" and c == ""), None)
+            files = ("memory.max", "memory.current", "inactive_file")
+        elif fstype == "cgroup" and "memory" in options:
+            path = next((p for h, c, p in groups if "memory" in c.split(",")), None)
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        if path is None:
+            continue
+        rel = path[len(root):] if root != "/" and path.startswith(root) else path
+        d = point + "/" + rel.strip("/")
+        while True:   # the process's cgroup, then each one above it within this mount
+            limit, used = _read_int(f"{d}/{files[0]}"), _read_int(f"{d}/{files[1]}")
+            if limit is not None and used is not None and limit < 1 << 60:
+                out.append((limit, used - (_stat(f"{d}/memory.stat", files[2]) or 0)))
+            if len(d) <= len(point.rstrip("/")) or d.rstrip("/") == point.rstrip("/"):
+                break
+            d = d.rstrip("/").rsplit("/", 1)[0]
+    return out
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None   # v2's "max" means no limit
+
+
+def _stat(path: str, key: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.partition(" ")
+                if k == key:
+                    return int(v)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _np_text(t: torch.Tensor) -> str:
+    return str(t.detach().cpu().numpy().round(4).tolist())[:60]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def human_bytes(n: float) -> str:

@@ -28,6 +28,7 @@ from .dists import DISTRIBUTIONS
 from .errors import ModelError
 from .named import Named
 from .program import Program
+from .safeio import atomic_write_text
 
 FORMAT = "kn-result/1"
 MCSE_TARGET = 0.1      # every mean's MCSE below this many posterior sds ...
@@ -268,8 +269,8 @@ class Result:
         return doc
 
     def save(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        """Write the kn-result/1 document atomically: a full disk or a kill leaves the old file whole."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     def to_arviz(self, draws: int = 1000, seed: int = 0):
         """Pooled posterior draws as ArviZ InferenceData (one chain). sample_stats holds the

@@ -365,7 +365,7 @@ def test_run_failures_are_readable(tmp_path, monkeypatch):
                          "data": {"x": 1.0}})
     w = Workbench(m, K=3, iters=3, workspace=tmp_path / "ws")
     assert w.run() and w.wait(120)
-    assert "Run stopped" in w.messages("danger")[-1] and "NaN" in w.messages("danger")[-1]
+    assert "Run stopped" in w.messages("danger")[-1] and "node 'x', argument 'scale'" in w.messages("danger")[-1]
     assert not w.run_btn.disabled and len(w.model.graph) == 2
     w2 = Workbench(nested_model(), workspace=tmp_path / "ws")
     monkeypatch.setattr("engine.program.default_budget", lambda device: 1000)   # no split fits in 1000 bytes

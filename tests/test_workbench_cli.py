@@ -47,19 +47,16 @@ def test_serve_refuses_in_one_line():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cases = {("--port", str(port)): f"port {port} on 127.0.0.1 is in use",
-                 ("--port", "70000"): "a port is a whole number from 1 to 65535",
-                 ("--address", "256.1.1.1"): "not an address of this machine",
+        cases = {("--port", str(port)): f"cannot listen on 127.0.0.1:{port}: the port is in use",
+                 ("--port", "70000"): "--port must be a whole number from 0 to 65535",
+                 ("--port", "x"): "--port must be a whole number",
+                 ("--address", "bad address!"): "--address must be an IP address or a host name",
+                 ("--address", "no-such-host.invalid"): "not an address of this machine",
                  ("/nonexistent/model.json",): "no model file"}
         for args, said in cases.items():
             out = _kn("serve", *args)
             assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
             assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-
-
-def test_a_non_number_port_is_argparse_s_one_line():
-    out = _kn("serve", "--port", "x")
-    assert out.returncode == 2 and "invalid int value" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_make_serve_takes_a_port():

@@ -102,10 +102,13 @@ def test_a_workspace_model_reads_its_data_file_from_beside_it_only(ws, tmp_path)
     np.savez(ws.root / "y.npz", y=np.asarray(y))
     (ws.root / "good.json").write_text(json.dumps({**doc, "data_file": "y.npz"}))
     assert ws.load("good").data["y"].shape == (3, 4)
-    for bad in ("../outside.npz", str(tmp_path / "outside.npz")):
+    os.symlink(tmp_path / "outside.npz", ws.root / "link.npz")
+    for bad in ("../outside.npz", str(tmp_path / "outside.npz"), "link.npz"):
         (ws.root / "bad.json").write_text(json.dumps({**doc, "data_file": bad}))
-        with pytest.raises(ModelError, match="not a plain file name"):
+        with pytest.raises(ModelError, match="data_file") as e:
             ws.load("bad")
+        said = str(e.value).replace(bad, "")                      # the document's own text aside,
+        assert str(tmp_path) not in said                          # it names no server folder
 
 
 def test_uploads_are_bounded_and_carry_no_data_file():

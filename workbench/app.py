@@ -711,9 +711,11 @@ class Workbench:
 
     def restore(self):
         try:
+            if len(self.store.stored) > MAX_CHARS:
+                raise ModelError(f"it is over {MAX_CHARS:,} characters")
             doc = json.loads(self.store.stored)["model"]
-            model = F.model_from_document(doc)
-        except (ModelError, ValueError, KeyError, TypeError) as e:
+            model = Model.from_dict(doc)      # checked like an upload (no data_file)
+        except (ModelError, ValueError, KeyError, TypeError, RecursionError) as e:
             self.alert(f"Could not restore the autosaved model: {e}")
             self._discard_autosave()
             return

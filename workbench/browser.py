@@ -1,7 +1,7 @@
 """The browser's side of autosave: the last edited model kept in the browser's
 localStorage, so that a refresh (or a crashed tab) can offer it back. The code is inline
-(no CDN); what the browser hands back is hostile input like any upload (bounded and
-checked by workbench.files.model_from_document before use)."""
+(no CDN); what the browser hands back is hostile input like any upload (bounded, and
+read with Model.from_dict without a folder, so that a data_file is refused)."""
 from __future__ import annotations
 
 import param

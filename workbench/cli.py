@@ -9,7 +9,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a kn-model/1 JSON file every new session opens (default: the radon "
                                             "example)")
-    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--port", default="5006")
     p.add_argument("--address", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     p.add_argument("--workspace", default=None,
                    help="the folder the app saves to and opens from, by file name (default: "
@@ -32,11 +32,11 @@ def run(args) -> int:
 
     from engine import ModelError
 
-    from .server import check_address, serve
+    from .server import check_listen, serve
     if args.model is not None and not Path(args.model).is_file():
         raise ModelError(f"no model file at {args.model!r}")
-    check_address(args.address, args.port)
-    print(f"kn-workbench at http://{args.address}:{args.port}  (Ctrl-C stops it)", flush=True)
-    serve(args.model, port=args.port, address=args.address, show=args.show, workspace=args.workspace,
+    address, port = check_listen(args.address, args.port)
+    print(f"kn-workbench at http://{address}:{port}  (Ctrl-C stops it)", flush=True)
+    serve(args.model, port=port, address=address, show=args.show, workspace=args.workspace,
           max_runs=args.max_runs, run_seconds=args.run_seconds)
     return 0

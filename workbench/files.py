@@ -17,8 +17,9 @@ import numpy as np
 
 from engine import Model, ModelError, datasets
 
-from ._safeio import atomic_write_text, load_npz, read_bounded
+from engine.safeio import atomic_write_text, load_npz, read_bounded
 
+# A served app holds many sessions: its bounds are tighter than engine.safeio's for the CLI.
 MODEL_BYTES = 8 << 20        # a model document (JSON)
 DATA_BYTES = 16 << 20        # an uploaded .csv / .npz
 NPZ_BYTES = 64 << 20         # an .npz, decompressed
@@ -49,12 +50,6 @@ def plain_name(name, suffix: str = ".json") -> str:
         raise ModelError(f"{str(name)[:60]!r} is not a plain file name: use letters, digits, '_', '-', '.' and "
                          f"spaces, no folders (e.g. my_model{suffix})")
     return n
-
-
-def _check_data_file(doc) -> None:
-    if isinstance(doc, dict) and "data_file" in doc:
-        raise ModelError("field 'data_file': an uploaded model carries its data in 'data'; a data file is "
-                         "not read from the server")
 
 
 class Workspace:
@@ -103,15 +98,8 @@ class Workspace:
         path = self._path(name)
         if path.is_symlink():
             raise ModelError(f"{path.name!r} is a link; the workspace opens regular files only")
-        doc = self._parse(read_bounded(path, MODEL_BYTES), path.name)
-        if isinstance(doc, dict) and "data_file" in doc:   # engine.safeio confines this; until then, here
-            df = self._path(str(doc["data_file"]), ".npz")
-            if df.is_symlink():
-                raise ModelError(f"field 'data_file': {df.name!r} is a link")
-            doc = {**doc, "data": {**load_npz(read_bounded(df, DATA_BYTES), NPZ_BYTES),
-                                   **(doc.get("data") or {})}}
-            del doc["data_file"]
-        return Model.from_dict(doc)
+        doc = self._parse(read_bounded(path, MODEL_BYTES, "model file"), path.name)
+        return Model.from_dict(doc, base=self.root)         # a data_file only from inside the workspace
 
     def load_gallery(self, name: str) -> Model:
         if name not in self.gallery:
@@ -140,23 +128,16 @@ class Workspace:
     def _parse(content: bytes, label: str):
         try:
             return json.loads(content.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ModelError(f"{label[:60]!r} is not valid JSON ({str(e)[:120]})") from None
 
 
 def model_from_upload(filename: str, content: bytes) -> Model:
-    """A model from an uploaded kn-model/1 document: bounded, no data_file."""
+    """A model from an uploaded kn-model/1 document: bounded; the engine refuses a
+    data_file in a document that was not read from a folder."""
     if len(content) > MODEL_BYTES:
         raise ModelError(f"the upload is {len(content):,} bytes, over the limit of {MODEL_BYTES:,}")
-    doc = Workspace._parse(content, filename or "the upload")
-    _check_data_file(doc)
-    return Model.from_dict(doc)
-
-
-def model_from_document(doc) -> Model:
-    """A model from a document the browser kept (the autosave): the same checks as an upload."""
-    _check_data_file(doc)
-    return Model.from_dict(doc)
+    return Model.from_dict(Workspace._parse(content, filename or "the upload"))
 
 
 def data_from_upload(filename: str, content: bytes) -> dict[str, np.ndarray]:
@@ -166,7 +147,7 @@ def data_from_upload(filename: str, content: bytes) -> dict[str, np.ndarray]:
         raise ModelError(f"the upload is {len(content):,} bytes, over the limit of {DATA_BYTES:,}")
     name = (filename or "").lower()
     if name.endswith(".npz"):
-        return load_npz(bytes(content), NPZ_BYTES)
+        return load_npz(bytes(content), NPZ_BYTES, "the upload")
     if name.endswith((".csv", ".txt", ".tsv")):
         return read_csv(content)
     raise ModelError(f"{str(filename)[:60]!r}: upload a .csv or .npz file")

@@ -19,10 +19,11 @@ from . import files as F
 WEBSOCKET_BYTES = 3 * F.DATA_BYTES        # an upload travels base64-encoded in one message
 
 
-def check_address(address: str, port: int) -> None:
-    """A ModelError, in one line, unless (address, port) can be listened on now."""
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise ModelError(f"--port {port}: a port is a whole number from 1 to 65535")
+def check_listen(address: str, port) -> tuple[str, int]:
+    """(address, port) checked (engine.cli's checks, then a trial bind): a ModelError in one
+    line unless they can be listened on now."""
+    from engine.cli import check_address, check_port
+    port, address = check_port(port), check_address(address)
     try:
         infos = socket.getaddrinfo(address or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
@@ -34,12 +35,13 @@ def check_address(address: str, port: int) -> None:
             s.bind(sockaddr)
         except OSError as e:
             raise _bind_error(e, address, port) from None
+    return address, port
 
 
 def _bind_error(e: OSError, address: str, port: int) -> ModelError:
     if e.errno == errno.EADDRINUSE:
-        return ModelError(f"port {port} on {address} is in use (another kn serve?): choose another with "
-                          f"--port {port + 1} (make serve PORT={port + 1})")
+        return ModelError(f"cannot listen on {address}:{port}: the port is in use (another kn serve?); choose "
+                          f"another with --port {port + 1} (make serve PORT={port + 1})")
     if e.errno == errno.EACCES:
         return ModelError(f"port {port}: not allowed for this user (ports below 1024 need privileges); "
                           f"try --port 5006")
@@ -56,7 +58,7 @@ def serve(model_path=None, port: int = 5006, address: str = "127.0.0.1", show: b
     if model_path is not None and not Path(model_path).is_file():
         raise ModelError(f"no model file at {str(model_path)!r}")
     ws = F.Workspace(workspace)
-    check_address(address, port)
+    address, port = check_listen(address, port)
     import panel as pn
 
     from .app import Workbench

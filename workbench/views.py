@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import warnings
 from pathlib import Path
 
 import numpy as np

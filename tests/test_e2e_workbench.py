@@ -232,3 +232,19 @@ def test_build_run_save_reload(page, workspace):
     pg.locator('.react-flow__node[data-id="z1"]').wait_for()
     pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for(state="attached")
     assert not pg.wb_errors, pg.wb_errors[:5]       # no console errors all along (the jsoneditor ones)
+
+
+def test_a_refresh_offers_the_unsaved_model_back(page):
+    pg = page
+    pg.get_by_role("button", name="+ Latent").click()
+    name = pg.locator(".wb-node-name input").first.input_value()
+    pg.get_by_role("button", name="Apply").click()
+    pg.locator(f'.react-flow__node[data-id="{name}"]').wait_for()
+    time.sleep(1)
+    pg.reload()                                                  # the tab is refreshed: a new session
+    _wait_text(pg, ".wb-restore-text", "Unsaved work")
+    assert pg.locator(f'.react-flow__node[data-id="{name}"]').count() == 0
+    pg.get_by_role("button", name="Restore it").click()
+    pg.locator(f'.react-flow__node[data-id="{name}"]').wait_for()
+    _wait_text(pg, ".wb-alert-success", "Restored")
+    assert not pg.wb_errors, pg.wb_errors[:5]

@@ -20,10 +20,14 @@ class BrowserStore(pn.custom.JSComponent):
     stored = param.String(default="")
     _esm = """
     export function render({ model }) {
-      try {
-        const held = window.localStorage.getItem(model.key);
-        if (held) { model.stored = held; }
-      } catch (e) { /* storage disabled: no autosave */ }
+      // handed to Python once the page has settled (a change sent while the session is still
+      // being set up can be lost)
+      setTimeout(() => {
+        try {
+          const held = window.localStorage.getItem(model.key);
+          if (held) { model.stored = held; }
+        } catch (e) { /* storage disabled: no autosave */ }
+      }, 500);
       model.on("value", () => {
         try {
           if (model.value) { window.localStorage.setItem(model.key, model.value); }

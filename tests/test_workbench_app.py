@@ -40,12 +40,12 @@ def test_jupyter_path_builds_a_bokeh_root(nested_path, tmp_path):
     w = Workbench(str(nested_path), workspace=tmp_path / "ws")
     root = w.panel().get_root(Document())
     assert root is not None and w.model.name == "nested"
-    assert [w.views._names[i] for i in range(6)] == ["Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior",
+    assert [w.views.tabs._names[i] for i in range(6)] == ["Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior",
                                                     "Degeneracy"]
-    assert "<svg" in w.diagram.object and "groups (3)" in w.diagram.object
+    assert "<svg" in w.views.diagram.object and "groups (3)" in w.views.diagram.object
     from engine.fit import choose_K
     assert w.K.value == choose_K(w.model) == 30                 # engine.fit.DEFAULTS: K "auto"
-    assert w.einsum_summary.object is not None and "K = 30" in w.einsum_head.object
+    assert w.views.einsum_summary.object is not None and "K = 30" in w.views.einsum_head.object
     assert hasattr(w, "_repr_mimebundle_") and w.__panel__() is w.layout
     assert not w.messages()
 
@@ -264,7 +264,7 @@ def test_save_open_and_upload_round_trip(wb, tmp_path):
     assert Model.from_dict(doc).node("y").args["scale"] == "s" and set(doc["layout"]) >= set(wb.model.graph)
     assert wb.files.options == ["out.json"]
     wb.new_model()
-    assert len(wb.model.graph) == 0 and "empty" in wb.diagram.object and wb.save_name.value == ""
+    assert len(wb.model.graph) == 0 and "empty" in wb.views.diagram.object and wb.save_name.value == ""
     wb.open("out.json")
     assert wb.model.node("y").args["scale"] == "s" and wb.ed.pos == {k: tuple(v) for k, v in doc["layout"].items()}
     wb.open("missing.json")
@@ -308,7 +308,7 @@ def test_strings_from_a_model_reach_the_page_escaped(tmp_path):
     shown = [w.title.object, w.alerts[0][0].object]
     assert all("<img" not in s for s in shown) and "&lt;img" in w.alerts[0][0].object
     assert w.model_name.value == SCRIPT                      # a text box shows it as text
-    assert "<img" not in w.diagram.object
+    assert "<img" not in w.views.diagram.object
 
 
 def test_views_belong_to_the_model_on_screen(tmp_path):
@@ -316,16 +316,16 @@ def test_views_belong_to_the_model_on_screen(tmp_path):
     conjugate_model().save(p)
     w = Workbench(p, K=4, iters=4, workspace=tmp_path / "ws")
     assert w.run() and w.wait(120)
-    assert w.shown is not None and "| mu |" not in w.ess_table.object and "<td>mu</td>" in w.ess_table.object
+    assert w.views.shown is not None and "| mu |" not in w.views.ess_table.object and "<td>mu</td>" in w.views.ess_table.object
     w.iters.value = 100000
     assert w.run()                                           # still going when another model is opened
     w.load_example("eight_schools_centered")
     assert w.K.value == 4                                    # the user's K stays
     assert w.wait(120) and w.runs.runs[-1].state == "stopped" and "another model" in w.runs.runs[-1].message
-    assert w.shown is None and w.post_table.object is None and w.ess_pane.object is None
-    assert w.status.object == "Ready." and "hg" not in w.post_note.object
-    assert w.elbo_pane.object is None and "No runs of this model yet" in w.elbo_note.object
-    assert [f.object.title.text for f in w.elbo_others] == ["Earlier model: hg"]    # runs of hg, apart
+    assert w.views.shown is None and w.views.post_table.object is None and w.views.ess_pane.object is None
+    assert w.status.object == "Ready." and "hg" not in w.views.post_note.object
+    assert w.views.elbo_pane.object is None and "No runs of this model yet" in w.views.elbo_note.object
+    assert [f.object.title.text for f in w.views.elbo_others] == ["Earlier model: hg"]    # runs of hg, apart
 
 
 def test_run_streams_elbo_ess_and_posterior(tmp_path):
@@ -336,23 +336,23 @@ def test_run_streams_elbo_ess_and_posterior(tmp_path):
     run = w.runs.runs[-1]
     assert run.label.startswith("QEM K=4") and len(run.elbo) == 4 and run.iteration == [1, 2, 3, 4]
     assert w.progress.value == 4 and w.status.object.startswith("Done")
-    assert "<td>mu</td>" in w.ess_table.object and "<td>z</td>" in w.ess_table.object
-    assert w.post_table.object is not None and "mu" in w.post_table.object.index
-    assert w.post_names.value[:2] == ["mu", "z[0]"]
-    assert "ESS" in w.diagram.object                  # the plate diagram is coloured by ESS now
+    assert "<td>mu</td>" in w.views.ess_table.object and "<td>z</td>" in w.views.ess_table.object
+    assert w.views.post_table.object is not None and "mu" in w.views.post_table.object.index
+    assert w.views.post_names.value[:2] == ["mu", "z[0]"]
+    assert "ESS" in w.views.diagram.object                  # the plate diagram is coloured by ESS now
     assert all("background" in n["style"] for n in w.flow.nodes if n["type"] == "latent")
     assert not w.messages("danger")
-    assert w.deg_latent.value == "mu" and "heaviest of K=4 particles" in w.deg_note.object
-    assert w.deg_heat.object is not None and w.deg_particles.object is not None
-    w.deg_latent.value = "z"                           # z's parent mu: the coupling heatmap
-    assert w.deg_parent.value == "mu" and w.deg_coupling.object is not None
+    assert w.views.deg_latent.value == "mu" and "heaviest of K=4 particles" in w.views.deg_note.object
+    assert w.views.deg_heat.object is not None and w.views.deg_particles.object is not None
+    w.views.deg_latent.value = "z"                           # z's parent mu: the coupling heatmap
+    assert w.views.deg_parent.value == "mu" and w.views.deg_coupling.object is not None
     assert not w.messages("warning")
     w.method.value = "RWS"
     assert w.run() and w.wait(120)
     assert [r.label.split(" ")[0] for r in w.runs.runs] == ["QEM", "RWS"]     # overlaid
-    assert [r.name for r in w.elbo_pane.object.renderers if r.name] == [r.label for r in w.runs.runs]
-    w.export.value = "SVG"
-    assert w.ess_pane.object.output_backend == "svg"
+    assert [r.name for r in w.views.elbo_pane.object.renderers if r.name] == [r.label for r in w.runs.runs]
+    w.views.export.value = "SVG"
+    assert w.views.ess_pane.object.output_backend == "svg"
     w.clear_runs()
     assert w.runs.runs == []
 
@@ -378,7 +378,7 @@ def test_stop_ends_a_run_early(tmp_path):
     assert w.run()
     w.stop()
     assert w.wait(120)
-    assert len(w.runs.runs[-1].elbo) < 100000 and w.shown is not None
+    assert len(w.runs.runs[-1].elbo) < 100000 and w.views.shown is not None
 
 
 def test_autosave_and_the_restore_offer(wb, tmp_path):

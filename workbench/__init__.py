@@ -2,8 +2,8 @@
 
 workbench.editing (the edited model, undo, names), workbench.files (the workspace),
 workbench.runs (runs and loads off the event loop) are plain Python; workbench.app is the
-Panel layout; workbench.views and workbench.degeneracy are plain functions of engine
-objects. Panel is imported only when Workbench or serve is used.
+Panel layout, workbench.tabs its view tabs; workbench.views and workbench.degeneracy are
+plain functions of engine objects. Panel is imported only when Workbench or serve is used.
 """
 
 __all__ = ["Workbench", "serve"]

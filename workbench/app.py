@@ -1,7 +1,7 @@
-"""The workbench's layout: composes the canvas, the forms, the run controls and the views,
-and turns widget events into calls on the edited model (workbench.editing), the run
-controller (workbench.runs) and the workspace (workbench.files). Views are the pure
-functions of workbench.views and workbench.degeneracy.
+"""The workbench's layout: composes the canvas, the forms, the run controls and the view
+tabs (workbench.tabs), and turns widget events into calls on the edited model
+(workbench.editing), the run controller (workbench.runs) and the workspace
+(workbench.files). Views are the pure functions of workbench.views and workbench.degeneracy.
 
 Every view and the status line belong to the model on screen: another model stops the
 run and clears the views; runs of earlier models stay in the ELBO tab, grouped by model.
@@ -18,26 +18,23 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, Plot
 
-from engine import DISTRIBUTIONS, Model, ModelError
+from engine import Model, ModelError
 
 from . import canvas as C
 from . import data as D
-from . import degeneracy as DG
 from . import exact as E
 from . import files as F
 from . import views as V
 from .browser import MAX_CHARS, BrowserStore
 from .compat import W
 from .editing import Edited, layout_of, suggest
-from .forms import HINT, DataForm, NodeForm, PlateForm, Text, html_table
+from .forms import HINT, DataForm, NodeForm, PlateForm, Text
 from .runs import METHODS, Jobs, RunController, default_settings
+from .tabs import ViewTabs, wrap
 from .views import safe_html
 
-TABS = ("Plate diagram", "Einsum path", "ESS", "ELBO", "Posterior", "Degeneracy")
 EXAMPLE = "radon"
 CSS = """
 .wb-table { border-collapse: collapse; font-size: 0.85em; }
@@ -56,16 +53,6 @@ def _in_ipython() -> bool:
     except ImportError:
         return False
     return get_ipython() is not None
-
-
-def _wrap(*objs, **kw):
-    """A row that wraps when narrow (a pn.Row's minimum width is the sum of its children's,
-    wider than a notebook's output area)."""
-    return pn.FlexBox(*objs, flex_wrap="wrap", align_items="flex-end", sizing_mode="stretch_width", **kw)
-
-
-def _is_figure(obj) -> bool:
-    return obj is not None and hasattr(obj, "select")
 
 
 class Workbench:
@@ -107,16 +94,12 @@ class Workbench:
         self.runs = RunController(slots, time_limit)
         self.jobs = Jobs(background)
         self.background = background
-        self.shown = None            # the run whose results the views show (a run of the model on screen)
-        self._held = False           # see _views_held
         self._callback = None
-        self._svg: tuple = (None, None)      # the plate diagram's DOT and SVG last drawn
         self._batching = False       # see _batch
         self._selected: list = []
         self._last_edges: tuple = (set(), 0, 0.0)   # the last edge deletion: edges, undo steps, when
         self._kept_edges: tuple = (set(), 0.0)      # edges of a node whose deletion was refused, when
         self._rev = 0
-        self._extra_tabs: list = []
         s = default_settings(self.ed.model)
         self._auto_K = s["K"]        # K chosen for the model, not by the user: the next model gets its own
         s.update({k: v for k, v in (("K", K), ("iters", iters), ("method", method)) if v is not None})
@@ -170,9 +153,9 @@ class Workbench:
         self.discard_btn.on_click(g(lambda e: self._discard_autosave()))
         self.restore_row = pn.Row(self.restore_text, self.restore_btn, self.discard_btn, visible=False,
                                   css_classes=["wb-restore"], styles={"background": "#e8f1fd", "border-radius": "6px"})
-        header = _wrap(pn.pane.HTML("<h2 style='margin:4px 0'>kn-workbench</h2>", margin=(4, 10)),
+        header = wrap(pn.pane.HTML("<h2 style='margin:4px 0'>kn-workbench</h2>", margin=(4, 10)),
                        self.model_name, self.title, self.store, styles={"border-bottom": "2px solid #4a6fa5"})
-        filebar = _wrap(self.files, self.open_btn, pn.Spacer(width=8), self.save_name, self.save_btn,
+        filebar = wrap(self.files, self.open_btn, pn.Spacer(width=8), self.save_name, self.save_btn,
                         pn.Spacer(width=8), self.example, self.load_example_btn, pn.Spacer(width=8),
                         self.new_btn, self.download, self.upload)
 
@@ -200,7 +183,7 @@ class Workbench:
         self.editor_tabs = pn.Tabs(("Node", self.node_form.view), ("Plates", self.plate_form.view),
                                    ("Data", self.data_form.view), dynamic=False, sizing_mode="stretch_width",
                                    styles={"border-top": "1px solid #ddd"})
-        left = pn.Column(_wrap(self.undo_btn, self.redo_btn, self.add_latent_btn, self.add_obs_btn, self.layout_btn),
+        left = pn.Column(wrap(self.undo_btn, self.redo_btn, self.add_latent_btn, self.add_obs_btn, self.layout_btn),
                          self.canvas, hint, self.editor_tabs, sizing_mode="stretch_width", min_width=460,
                          styles={"flex": "1 1 560px"}, margin=(0, 6))
 
@@ -228,17 +211,13 @@ class Workbench:
         self.status = Text("Ready.", margin=(0, 10), css_classes=["run-status"])
         self.K.param.watch(g(lambda e: self.update_einsum()), "value")
         self.method.param.watch(g(lambda e: self.update_einsum()), "value")
-        self.export = W(pn.widgets.RadioButtonGroup, options=["PNG", "SVG"], value="PNG", width=110,
-                        margin=(4, 10), button_type="light")
-        self.export.param.watch(g(lambda e: self._set_backend()), "value")
-        controls = pn.Column(_wrap(self.method, self.K, self.iters, self.lr, self.seed, self.device),
-                             _wrap(self.run_btn, self.stop_btn, self.clear_btn, self.progress),
+        controls = pn.Column(wrap(self.method, self.K, self.iters, self.lr, self.seed, self.device),
+                             wrap(self.run_btn, self.stop_btn, self.clear_btn, self.progress),
                              self.status, sizing_mode="stretch_width",
                              styles={"background": "#f6f8fa", "border-radius": "6px"})
-        self._build_views()
-        export_row = pn.Row(Text("Figures: the ⤓ on each plot saves it as", styles=HINT, margin=(10, 4, 0, 10)),
-                            self.export, sizing_mode="stretch_width")
-        right = pn.Column(controls, self.views, export_row, sizing_mode="stretch_width", min_width=460,
+        self.views = ViewTabs(g, self.alert, self._push)
+        self.clear_views()
+        right = pn.Column(controls, self.views.view, sizing_mode="stretch_width", min_width=460,
                           styles={"flex": "1 1 560px"}, margin=(0, 6))
         main = pn.FlexBox(left, right, flex_wrap="wrap", align_items="flex-start", sizing_mode="stretch_width")
         self.layout = pn.Column(header, filebar, self.confirm, self.restore_row, self.alerts, main,
@@ -260,57 +239,9 @@ class Workbench:
         self.canvas.objects = [self._new_flow()]
         self.refresh_canvas()
 
-    def _build_views(self):
-        g = self._guard
-        self.diagram = pn.pane.HTML("", sizing_mode="stretch_width", min_height=200, styles={"overflow": "auto"})
-        self.diagram_svg = W(pn.widgets.FileDownload, callback=lambda: self._diagram_file("svg"),
-                             filename="plate_diagram.svg", label="SVG", button_type="light", width=70)
-        self.diagram_png = W(pn.widgets.FileDownload, callback=lambda: self._diagram_file("png"),
-                             filename="plate_diagram.png", label="PNG", button_type="light", width=70)
-        self.einsum_head = Text("")
-        self.einsum_summary = pn.pane.DataFrame(None, sizing_mode="stretch_width", index=False)
-        self.einsum_steps = pn.pane.DataFrame(None, sizing_mode="stretch_width", index=False)
-        self.einsum_csv = W(pn.widgets.FileDownload, callback=self._einsum_csv, filename="einsum_steps.csv",
-                            label="Steps as CSV", button_type="light", width=120)
-        self.ess_pane = pn.pane.Bokeh(None, sizing_mode="stretch_width")
-        self.ess_note = Text("")
-        self.ess_table = Text("", css_classes=["ess-table"])
-        self.elbo_pane = pn.pane.Bokeh(None, sizing_mode="stretch_width")
-        self.elbo_note = Text("", css_classes=["elbo-note"])
-        self.elbo_others = pn.Column(sizing_mode="stretch_width")
-        self.post_note = Text("", css_classes=["post-note"])
-        self.post_warnings = Text("", css_classes=["post-warnings"])
-        self.post_table = pn.pane.DataFrame(None, sizing_mode="stretch_width", max_height=300,
-                                            styles={"overflow": "auto"})
-        self.post_names = W(pn.widgets.MultiChoice, label="Latents to plot", options=[], sizing_mode="stretch_width")
-        self.post_names.param.watch(g(lambda e: self._held or self.update_posterior_plots()), "value")
-        self.post_plots = pn.pane.Bokeh(None, sizing_mode="stretch_width")
-        self.deg_note = Text("")
-        self.deg_latent = W(pn.widgets.Select, label="Latent", options=[], width=200)
-        self.deg_parent = W(pn.widgets.Select, label="Parent (coupling view)", options=[], width=200)
-        self.deg_latent.param.watch(g(lambda e: self._held or self.update_degeneracy()), "value")
-        self.deg_parent.param.watch(g(lambda e: self._held or self.update_degeneracy()), "value")
-        self.deg_heat, self.deg_particles, self.deg_coupling = (pn.pane.Bokeh(None) for _ in range(3))
-        col = dict(sizing_mode="stretch_width", styles={"overflow": "auto"}, max_height=640)
-        self.views = pn.Tabs(
-            (TABS[0], pn.Column(pn.Row(Text("Download:", styles=HINT, margin=(10, 4, 0, 4)), self.diagram_svg,
-                                       self.diagram_png), self.diagram, **col)),
-            (TABS[1], pn.Column(self.einsum_head, self.einsum_summary, Text("**Contraction steps, in order** (plate "
-                                "levels innermost first)"), self.einsum_steps, self.einsum_csv, **col)),
-            (TABS[2], pn.Column(self.ess_note, self.ess_pane, self.ess_table, **col)),
-            (TABS[3], pn.Column(self.elbo_note, self.elbo_pane, self.elbo_others, **col)),
-            (TABS[4], pn.Column(self.post_note, self.post_warnings, self.post_table, self.post_names,
-                                self.post_plots, **col)),
-            (TABS[5], pn.Column(pn.Row(self.deg_latent, self.deg_parent), self.deg_note,
-                                _wrap(self.deg_heat, self.deg_particles),
-                                self.deg_coupling, **col)),
-            dynamic=False, sizing_mode="stretch_width", min_height=420)
-        self.clear_views()
-
     def add_tab(self, title: str, view) -> None:
         """Mount another view (e.g. a Compare tab) after the built-in ones."""
-        self._extra_tabs.append(title)
-        self.views.append((title, view))
+        self.views.add(title, view)
 
     def panel(self):
         return self.layout
@@ -593,7 +524,6 @@ class Workbench:
         if self.K.value == self._auto_K:
             self._auto_K = self.K.value = default_settings(model)["K"]
         self.save_name.value = name or ""
-        self.shown = None
         self.node_form.clear()
         self._selected = []
         self.clear_views()
@@ -614,7 +544,8 @@ class Workbench:
                 msg = str(err) if isinstance(err, ModelError) else f"{type(err).__name__}: {err}"
                 self.alert(f"Could not open {what}: {msg}")
                 return
-            model, pos, self._svg = out
+            model, pos, svg = out
+            self.views.draw_diagram(model, svg=svg)
             self._replace(model, name, said, pos)
         self.jobs.submit(work, done, f"opening {what}")
         self._pump_start()
@@ -773,7 +704,7 @@ class Workbench:
             self.node_form.clear()
 
     def _ess_for_model(self):
-        run = self.shown if self.shown is not None else self._streaming()
+        run = self.views.shown if self.views.shown is not None else self._streaming()
         if run is None or run.last_ess is None:
             return None, None
         return {k: v for k, v in run.last_ess.items() if k in self.model.graph}, run.K
@@ -798,114 +729,30 @@ class Workbench:
 
     def update_diagram(self):
         ess, K = self._ess_for_model()
-        if not len(self.model.graph):
-            self.diagram.object = "<p>The model is empty: add a latent node (+ Latent).</p>"
-            return
-        dot = V.plate_diagram_dot(self.model, ess, K)
-        if self._svg[0] != dot:
-            self._svg = (dot, V.render_svg(dot))
-        self.diagram.object = self._svg[1]
-
-    def _diagram_file(self, fmt: str):
-        ess, K = self._ess_for_model()
-        dot = V.plate_diagram_dot(self.model, ess, K)
-        if fmt == "png":
-            png = V.render_png(dot)
-            if png is None:
-                self.alert("No Graphviz renderer for PNG here; download the SVG.", "warning")
-                return io.BytesIO(b"")
-            return io.BytesIO(png)
-        return io.StringIO(V.render_svg(dot))
-
-    def _einsum_csv(self):
-        df = self.einsum_steps.object
-        return io.StringIO(df.to_csv(index=False) if df is not None else "")
+        self.views.draw_diagram(self.model, ess, K)
 
     def update_einsum(self):
-        if not len(self.model.graph):
-            self.einsum_head.object = "The model is empty."
-            self.einsum_summary.object = self.einsum_steps.object = None
-            return
-        K = int(self.K.value)
-        mode = "global" if self.method.value == "global" else "mp"
-        try:
-            prog = self.model.compile(K, mode=mode, device="cpu")
-        except ModelError as e:
-            self.einsum_head.object = safe_html(f"Cannot plan the contraction: {e}")
-            self.einsum_summary.object = self.einsum_steps.object = None
-            return
-        summ = V.einsum_summary(prog)
-        mem = prog.memory_estimate()
-        largest = int(summ["largest intermediate bytes"].max()) if len(summ) else 0
-        self.einsum_head.object = safe_html(
-            f"**{'Global' if mode == 'global' else 'Massively parallel'} contraction at K = {K}** · naive "
-            f"{int(summ['naive flops'].sum()):,} FLOPs vs optimised {int(summ['optimized flops'].sum()):,} · "
-            f"largest intermediate {V.human_bytes(largest)} · memory for one sample and its backward pass "
-            f"about {V.human_bytes(mem)} (budget {V.human_bytes(prog.memory_budget)}"
-            + (f"; runs plate {prog.split[0]} in chunks of {prog.split[1]})" if prog.split else ")"))
-        self.einsum_summary.object = summ
-        self.einsum_steps.object = V.einsum_table(prog)
+        self.views.draw_einsum(self.model, int(self.K.value), self.method.value)
 
     def clear_views(self):
-        """The result views with nothing in them: the model on screen has no finished run."""
-        self.ess_note.object = safe_html("Run a method to see the ESS of every latent, updated each iteration.")
-        self.ess_pane.object = None
-        self.ess_table.object = ""
-        self.post_note.object = safe_html("Run a method to see posterior summaries.")
-        self.post_warnings.object = ""
-        self.post_table.object = None
-        with self._views_held():
-            self.post_names.param.update(options=[], value=[])
-            self.deg_latent.options = []
-            self.deg_parent.options = []
-        self.post_plots.object = None
-        self.deg_note.object = safe_html("Run a method to see how the particles' weight is spread.")
-        self.deg_heat.object = self.deg_particles.object = self.deg_coupling.object = None
+        """The run views with nothing in them: the model on screen has no finished run."""
+        self.views.clear()
         self.progress.value = 0
         self.status.object = safe_html("Ready.")
         self.draw_elbo()
-
-    def _set_backend(self):
-        """PNG or SVG from the plots' save tools."""
-        backend = "svg" if self.export.value == "SVG" else "canvas"
-        for pane in (self.ess_pane, self.elbo_pane, self.post_plots, self.deg_heat, self.deg_particles,
-                     self.deg_coupling, *self.elbo_others):
-            obj = getattr(pane, "object", None)
-            if _is_figure(obj):
-                for p in obj.select({"type": Plot}):
-                    p.output_backend = backend
-
-    def _backend(self, fig):
-        if _is_figure(fig) and self.export.value == "SVG":
-            for p in fig.select({"type": Plot}):
-                p.output_backend = "svg"
-        return fig
 
     # ---- ELBO, grouped by model --------------------------------------------------------------
     def draw_elbo(self):
         """The current model's runs in one figure (live); earlier models' runs below, one
         figure each, so that no model's scale flattens another's."""
-        mine = [r for r in self.runs.runs if r.model_key == self.ed.key]
-        ref = self.reference()
-        self.elbo_pane.object = self._backend(V.elbo_figure(mine, ref, title=f"ELBO per iteration: {self.model.name}")) \
-            if mine else None
         groups: dict = {}
         for r in self.runs.runs:
             if r.model_key != self.ed.key:
                 groups.setdefault(r.model_key, []).append(r)
-        self.elbo_others.objects = [pn.pane.Bokeh(self._backend(V.elbo_figure(
-            rs, title=f"Earlier model: {rs[0].model_name}")), sizing_mode="stretch_width")
-            for rs in reversed(groups.values())]
-        self._elbo_note(mine)
+        self.views.draw_elbo(self._mine(), list(reversed(groups.values())), self.reference(), self.model.name)
 
-    def _elbo_note(self, mine):
-        if not mine:
-            self.elbo_note.object = safe_html("No runs of this model yet: each run's ELBO streams here, runs "
-                                              "overlaid (click a legend entry to hide a run).")
-            return
-        self.elbo_note.object = safe_html(" · ".join(
-            f"**{r.label}**: {len(r.elbo)} points" + (f", last ELBO {r.elbo[-1]:.4g}" if r.elbo else "")
-            for r in mine[-4:]))
+    def _mine(self) -> list:
+        return [r for r in self.runs.runs if r.model_key == self.ed.key]
 
     # ---- running -------------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -946,7 +793,7 @@ class Workbench:
     def clear_runs(self):
         self.runs.clear()
         self.draw_elbo()
-        self.elbo_note.object = safe_html("Runs cleared.")
+        self.views.elbo_note.object = safe_html("Runs cleared.")
 
     def poll(self) -> bool:
         """Drain finished loads and the runs' events into the views (on the UI's event loop).
@@ -985,42 +832,13 @@ class Workbench:
         return ended
 
     def _show_steps(self, run, steps):
-        fig = self.elbo_pane.object
-        src = fig.select_one({"name": run.label, "type": ColumnDataSource}) if fig is not None else None
-        if src is not None:
-            n = len(src.data["elbo"])
-            src.stream({"iteration": run.iteration[n:], "elbo": run.elbo[n:]})
-            V.set_elbo_range(fig, [r for r in self.runs.runs if r.model_key == self.ed.key], self.reference())
-            self._push(self.elbo_pane)
-        else:
+        if not self.views.stream_elbo(run, self._mine(), self.reference()):
             self.draw_elbo()
-        self._elbo_note([r for r in self.runs.runs if r.model_key == self.ed.key])
         last = steps[-1]
         self.progress.value = min(last.iteration, self.progress.max)
         self.status.object = safe_html(f"{run.label} · iteration {last.iteration}/{self.progress.max} · "
                                        f"ELBO {last.elbo:.4g} · {last.seconds * 1000:.0f} ms/it")
-        self._update_ess(run)
-
-    def _update_ess(self, run):
-        ess, K = run.last_ess, run.K
-        it = run.iteration[-1] if run.iteration else "-"
-        self.ess_note.object = safe_html(
-            f"ESS after iteration {it} of {run.label}: bars are the median over plate elements, dots the minimum; "
-            f"red latents are degenerate (min ESS below the dashed threshold).")
-        d = V.ess_data(ess, K)
-        self.ess_table.object = html_table(
-            ["latent", "min ESS", "median ESS", ""],
-            [[n, f"{a:.3g}", f"{b:.3g}", "degenerate" if g else "ok"]
-             for n, a, b, g in zip(d["latent"], d["min"], d["median"], d["degenerate"])])
-        fig = self.ess_pane.object
-        src = fig.select_one({"name": "ess", "type": ColumnDataSource}) if fig is not None else None
-        if src is not None and list(src.data["latent"]) == list(ess) and getattr(fig, "_wb_K", None) == K:
-            src.data = d
-            self._push(self.ess_pane)
-        else:
-            fig = self._backend(V.ess_figure(ess, K))
-            fig._wb_K = K
-            self.ess_pane.object = fig
+        self.views.draw_ess(run)
 
     def _push(self, pane):
         doc = pn.state.curdoc
@@ -1030,88 +848,15 @@ class Workbench:
 
     def _finish(self, run):
         r = run.result
-        self.shown = run
-        edited = run.version != self.ed.version
-        since = " (the model was edited since this run started)" if edited else ""
         warns = r.warnings
-        evidence = f"log P_MP {r.log_marginal:.4g} ± {r.log_marginal_mcse:.2g}"
         self.status.object = safe_html(
-            f"Done: {run.label} · {evidence} · {len(run.elbo)} iterations" + (f" · {run.message}" if run.message else "")
+            f"Done: {run.label} · log P_MP {r.log_marginal:.4g} ± {r.log_marginal_mcse:.2g} · {len(run.elbo)} "
+            f"iterations" + (f" · {run.message}" if run.message else "")
             + (f" · **{len(warns)} warning{'s' * (len(warns) > 1)}**: see Posterior" if warns else ""))
-        self.post_note.object = safe_html(
-            f"**{run.label}** on {run.model_name}{since} · {evidence} (± its Monte Carlo standard error) · "
-            f"estimates pooled over {r.n_samples} independent MP samples of K={r.K}; each ± column is the Monte "
-            f"Carlo standard error of the column before it")
-        self.post_warnings.object = "".join(
-            f'<div class="wb-alert wb-alert-warning">{safe_html(w.get("message", ""))}</div>' for w in warns)
-        self.post_table.object = run.table
-        model = self.model if set(r.model.latents) == set(self.model.latents) else r.model
-        names = V.posterior_names(model)
-        with self._views_held():   # drawn once, below
-            self.post_names.options = names
-            keep = [n for n in self.post_names.value if n in names]
-            self.post_names.value = keep or names[:min(6, len(names))]
-            self.deg_latent.options = list(r.sample.program.latents)
-            if self.deg_latent.value not in self.deg_latent.options:
-                self.deg_latent.value = self.deg_latent.options[0] if self.deg_latent.options else None
-        self.update_posterior_plots()
-        self.update_degeneracy()
+        self.views.show_result(run, self.model, self.exact(), edited=run.version != self.ed.version)
         self.update_diagram()
         self.refresh_canvas()
         self.draw_elbo()
-
-    def update_degeneracy(self):
-        """The final sample's particle weights: heatmap, particles on the density, coupling."""
-        if self.shown is None or not self.deg_latent.value:
-            return
-        s, name = self.shown.result.sample, self.deg_latent.value
-        parents = [p for p in s.program.model.parents(name) if p in s.program.kdim]
-        if list(self.deg_parent.options) != parents:
-            with self._views_held():   # drawn below, once
-                self.deg_parent.options = parents
-                self.deg_parent.value = parents[0] if parents else None
-        try:
-            m = DG.weight_matrix(s, name)
-            lines = [f"**{name}**: the heaviest of K={m['K']} particles holds {m['mean_top_share']:.0%} of the weight "
-                     f"on average over plate elements (1/K = {1 / m['K']:.0%}; 100% is collapse); "
-                     f"ESS min {m['ess'].min():.1f}, median {float(np.median(m['ess'])):.1f}."]
-            if s.program.mode == "global":
-                k = DG.pareto_khat(s)
-                lines.append(f"Pareto k-hat of the global weights: {k:.2f} "
-                             f"({'unreliable, above 0.7' if k > 0.7 else 'below the 0.7 threshold'}).")
-            self.deg_note.object = safe_html(" ".join(lines))
-            self.deg_heat.object = self._backend(DG.weights_heatmap(s, name))
-            scalar = not s.values[name].event_shape and not DISTRIBUTIONS[s.program.model.node(name).dist].discrete
-            element = tuple(0 for _ in s.program.chain[name])
-            exact = self.exact()
-            key = f"{name}[{', '.join(map(str, element))}]" if element else name
-            spec = exact.get(key, exact.get(key.replace(", ", ","))) if exact else None
-            self.deg_particles.object = self._backend(DG.particles_figure(s, name, element, exact=spec)) \
-                if scalar else None
-            parent = self.deg_parent.value
-            self.deg_coupling.object = self._backend(DG.coupling_heatmap(s, name, parent)) if parent else None
-        except (ModelError, ValueError, KeyError, IndexError, RuntimeError) as e:
-            self.alert(f"Cannot draw the degeneracy views: {e}", "warning")
-
-    @contextlib.contextmanager
-    def _views_held(self):
-        """Selector changes inside do not redraw the posterior and degeneracy views (the
-        caller draws them once after)."""
-        self._held = True
-        try:
-            yield
-        finally:
-            self._held = False
-
-    def update_posterior_plots(self):
-        if self.shown is None or not self.post_names.value:
-            self.post_plots.object = None
-            return
-        try:
-            self.post_plots.object = self._backend(V.posterior_view(self.shown.result, list(self.post_names.value),
-                                                                    exact=self.exact(), samples=self.shown.samples))
-        except (ValueError, KeyError, IndexError) as e:
-            self.alert(f"Cannot plot the posterior: {e}", "warning")
 
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until the current run and loads end, draining updates (for scripts and tests)."""

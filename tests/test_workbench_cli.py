@@ -15,11 +15,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _kn(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
-
-
 def test_serve_is_registered_by_the_workbench():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["kn.commands"]
     assert declared == {"serve": "workbench.cli:register"}
@@ -42,7 +37,8 @@ def test_kn_help_loads_no_panel_and_serve_loads_no_torch():
     assert "LOADED []" in out.stdout, out.stdout + out.stderr
 
 
-def test_serve_refuses_in_one_line():
+def test_serve_refuses_in_one_line(capsys):
+    from engine import cli
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -54,9 +50,9 @@ def test_serve_refuses_in_one_line():
                  ("--address", "no-such-host.invalid"): "not an address of this machine",
                  ("/nonexistent/model.json",): "no model file"}
         for args, said in cases.items():
-            out = _kn("serve", *args)
-            assert out.returncode == 2 and said in out.stderr, (args, out.stderr)
-            assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+            assert cli.main(["serve", *args]) == 2, args
+            err = capsys.readouterr().err
+            assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
 
 
 def test_make_serve_takes_a_port():

@@ -1,4 +1,7 @@
-"""The `kn` command: info, fit, serve."""
+"""The `kn` command: info, fit and sweep here; other packages add subcommands (the
+workbench's `serve`) through the `kn.commands` entry point group: each entry is a function
+taking the subparsers object. Heavy modules (torch, the workbench's Panel) are imported
+only when a command runs, so that `kn --help` is quick."""
 from __future__ import annotations
 
 import argparse
@@ -12,18 +15,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from .alloc import tune_allocator
 from .errors import ModelError
-from .program import human_bytes
 from .safeio import DATA_LIMIT, MODEL_LIMIT, load_npz, read_bounded
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "models" / "radon.json"
+COMMANDS = "kn.commands"
 
 
 def info(args) -> int:
     from .model import Model
+    from .program import human_bytes
     from .program import Program
     from .fit import choose_K
     m = Model.load(args.model)
@@ -102,6 +103,7 @@ def fit(args) -> int:
 def summary_lines(r, rows_per_latent: int = 12) -> list[str]:
     """The estimates as a table like az.summary's: mean, sd, their Monte Carlo standard
     errors, the pooled ESS and a sample's ESS per particle (ESS/K)."""
+    import numpy as np
     head = f"{'':14s} {'mean':>10s} {'sd':>10s} {'mcse_mean':>10s} {'mcse_sd':>9s} {'ess':>8s} {'ess/K':>6s}"
     out = [head]
     for name, d in r.latents.items():
@@ -118,14 +120,20 @@ def summary_lines(r, rows_per_latent: int = 12) -> list[str]:
     return out
 
 
-def serve(args) -> int:
-    from workbench import serve as run_server
-    port, address = check_port(args.port), check_address(args.address)
-    try:
-        run_server(args.model or str(EXAMPLE), port=port, address=address, show=args.show)
-    except OSError as e:   # the port is taken, or the address is not this machine's
-        raise ModelError(f"cannot listen on {address}:{port} ({e.strerror or e})") from None
-    return 0
+def _plugins(sub) -> None:
+    """Subcommands other packages register (entry point group `kn.commands`)."""
+    from importlib.metadata import entry_points
+    for ep in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # a broken plugin must not take `kn info`/`kn fit` with it
+            p = sub.add_parser(ep.name, help=f"(unavailable: {type(e).__name__}: {e})")
+            p.set_defaults(func=lambda args, e=e: _unavailable(ep.name, e))
+
+
+def _unavailable(name, e) -> int:
+    print(f"kn: error: the {name!r} command could not be loaded ({type(e).__name__}: {e})", file=sys.stderr)
+    return 2
 
 
 def _K(text: str):
@@ -274,12 +282,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=fit)
     from .sweep import add_subcommand as add_sweep
     add_sweep(sub)
-    p = sub.add_parser("serve", help="open the workbench in the browser")
-    p.add_argument("model", nargs="?", help="a kn-model/1 JSON file (default: the radon example)")
-    p.add_argument("--port", default="5006")
-    p.add_argument("--address", default="127.0.0.1")
-    p.add_argument("--show", action="store_true", help="open a browser tab")
-    p.set_defaults(func=serve)
+    _plugins(sub)
     args = ap.parse_args(argv)
     tune_allocator()   # the process's choice, not the library's: see engine/alloc.py
     try:

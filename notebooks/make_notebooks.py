@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from bokeh.io import output_notebook, show
 from bokeh.plotting import figure
+from bokeh.resources import INLINE
 from engine import Model, datasets
 from engine.fit import Fitter
 from workbench import degeneracy as dg
-output_notebook(hide_banner=True)
+output_notebook(INLINE, hide_banner=True)      # BokehJS in the notebook itself: renders offline
 torch.set_num_threads(2)'''
 
 

@@ -237,7 +237,7 @@ class Program:
         log-density is a sum over them). A Dirichlet or MultivariateNormal value is scored
         as a whole, so it may be missing only as a whole."""
         arr = self.model.data[node.name]
-        t = torch.as_tensor(np.asarray(arr, dtype=np.float64), dtype=self.dtype, device=self.device)
+        t = torch.as_tensor(np.require(arr, np.float64, ["W"]), dtype=self.dtype, device=self.device)
         n_plates = len(self.chain[node.name])
         missing = torch.isnan(t)
         mask = None

@@ -249,7 +249,7 @@ class Program:
                 if partly.any():
                     idx = [int(i) for i in torch.nonzero(partly)[0]]
                     val = np.asarray(arr, dtype=np.float64)[tuple(idx)]
-                    raise ModelError(f"observed node {node.name!r}: the value at index {idx} "
+                    raise ModelError(f"observed node {node.name!r}: the value{f' at index {idx}' if idx else ''} "
                                      f"({_nan_text(val)}) has some entries missing, but a {node.dist} value is "
                                      f"scored as a whole: give all of its entries or none (all null)")
                 missing = flat.all(-1)
@@ -533,8 +533,9 @@ class Program:
                 plate, start, _ = self._window
                 k = chain.index(plate)
                 idx = idx[:k] + (idx[k] + start,) + idx[k + 1:]
-            val = self._observed[node.name][0].t[idx]
-            raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} {why}")
+            val = np.asarray(self.model.data[node.name], dtype=np.float64)[idx]   # as given: null where missing
+            raise ModelError(f"observed node {node.name!r}: value {_nan_text(val) if val.ndim else float(val)}"
+                             f"{f' at index {list(idx)}' if idx else ''} {why}")
 
     def factors(self, values: dict[str, Named], nodes=None, sources=None) -> dict[str, Named]:
         """The factor of every node (or of `nodes`), restricted to the current chunk; with

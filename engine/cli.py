@@ -92,7 +92,7 @@ def fit(args) -> int:
           + (f" -> {args.out}" if args.out else ""))
     for line in summary_lines(r):
         print(line)
-    for w in r.warnings:
+    for w in r.warnings + (r.prediction.warnings if test else []):
         print(f"warning ({w['kind']}): {w['message']}")
     return 0
 
@@ -114,7 +114,7 @@ def predict(args) -> int:
           f"x {p.particles} particles{grew}" + (f" -> {args.out}" if args.out else ""))
     for line in prediction_lines(p):
         print(line)
-    for w in r.warnings:
+    for w in r.warnings + p.warnings:
         print(f"warning ({w['kind']}): {w['message']}")
     return 0
 

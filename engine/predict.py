@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .contract import Plan
+from .diagnostics import pareto_khat
 from .dists import DISTRIBUTIONS
 from .errors import ModelError
 from .model import Model, _data_array, _nan_to_nulls
@@ -45,6 +46,7 @@ from .named import Named
 from .program import Program, default_budget, human_bytes
 
 DRAWS = "_draws"   # the conditional model's plate of posterior draws (renamed where the model uses the name)
+KHAT_LIMIT = 0.7   # Pareto k-hat of the draws' densities above this: the estimate rests on a few of them
 
 
 @dataclass
@@ -57,7 +59,11 @@ class Prediction:
     node y (missing ones too: their imputation); pointwise[y]: (draws, *plates)
     log p(y_element | draw d, its new latents' first particle), NaN where nothing is
     observed; observed[y]: the data (NaN missing); plates: sizes in the new data;
-    new: {plate: (training size, new size)} for the plates of latents that grew."""
+    new: {plate: (training size, new size)} for the plates of latents that grew;
+    khat: Pareto k-hat of the draws' densities exp(per_draw), and warnings (like
+    Result.warnings) where it is above 0.7: a few draws then carry the estimate, and its
+    MCSE is unreliable (new observations of many training groups, whose joint density is
+    averaged over joint posterior draws, do that; new groups' inner MP average does not)."""
     log_likelihood: float
     log_likelihood_mcse: float
     n_observed: int
@@ -71,6 +77,8 @@ class Prediction:
     pointwise: dict
     observed: dict
     per_draw: np.ndarray = field(repr=False)
+    khat: float = math.nan
+    warnings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The fields a kn-result/1 document gains: the predictive log-likelihood, and per
@@ -89,7 +97,9 @@ class Prediction:
                 "predictive_log_likelihood_mcse": self.log_likelihood_mcse,
                 "prediction": {"draws": self.draws, "particles": self.particles, "seed": self.seed,
                                "n_observed": self.n_observed, "plates": dict(self.plates),
-                               "new": {p: list(v) for p, v in self.new.items()}},
+                               "new": {p: list(v) for p, v in self.new.items()},
+                               "pareto_khat": self.khat if math.isfinite(self.khat) else None,
+                               "warnings": list(self.warnings)},
                 "posterior_predictive": pp, "log_likelihood": ll}
 
     def arviz_groups(self) -> dict:
@@ -147,9 +157,17 @@ def predict(result, data: dict | None = None, draws: int = 1000, seed: int = 0, 
     pp = {y: np.concatenate(v) for y, v in pp.items()}
     pw = {y: np.concatenate(v) for y, v in pw.items()}
     estimate, mcse = _estimate(ell, sample_of)
+    khat = pareto_khat(ell) if np.ptp(ell) > 1e-9 else -math.inf   # all draws alike: nothing heavy-tailed
+    warnings = []
+    if khat > KHAT_LIMIT:
+        warnings.append({"kind": "pareto_k", "latents": [], "message": (
+            f"the predictive log-likelihood rests on a few of the {draws} posterior draws (Pareto k-hat of their "
+            f"densities {khat:.2f}, above {KHAT_LIMIT}), so its MCSE is unreliable. New observations of training "
+            f"groups do this: their density is averaged over joint posterior draws. Try: more draws, or fewer "
+            f"such observations per prediction.")})
     return Prediction(estimate, mcse, layout.n_observed, int(draws), int(particles), int(seed), dict(layout.sizes),
                       dict(layout.grown), {y: model.chain(model.node(y).plate) for y in layout.observed}, pp, pw,
-                      {y: layout.arrays[y] for y in layout.observed}, ell)
+                      {y: layout.arrays[y] for y in layout.observed}, ell, float(khat), warnings)
 
 
 def _estimate(ell: np.ndarray, groups: np.ndarray) -> tuple[float, float]:

@@ -321,19 +321,22 @@ def _exact_predictive(x, x_new):
 
 
 def test_predictive_log_likelihood_of_new_groups_against_the_closed_form(fitted):
-    """Three new groups (their z from the prior given mu's draws, 100 particles each per
-    draw) and new observations of the old ones: within 3.5 reported MCSEs of the exact
-    log p(x_new | x), for each of four seeds, and the MCSE is small (0.1-0.3 nats)."""
+    """Three new groups, their z from the prior given mu's draws with 100 particles each per
+    draw, and one new observation of a training group: within 3.5 reported MCSEs of the
+    exact log p(x_new | x) for each of four seeds. (Over 4 data sets x 5 seeds of new
+    groups the errors were 0.8 MCSEs rms, 1.4 at most, with an MCSE of about 0.02 nats.)"""
     m, x, z, r = fitted
     rng = np.random.default_rng(7)
     x_new = rng.normal(z[:, None], 1.0, (13, 4)).round(4)
-    x_new[2, 1:] = np.nan
+    x_new[:10] = np.nan
+    x_new[2, 0] = 0.3
+    x_new[12, 1:] = np.nan
     exact = _exact_predictive(x, x_new)
     errors = []
     for seed in range(4):
         p = r.predict({"x": x_new}, draws=1000, seed=seed)
-        assert p.new == {"groups": (10, 13)} and p.n_observed == 49
-        assert 0.05 < p.log_likelihood_mcse < 0.4
+        assert p.new == {"groups": (10, 13)} and p.n_observed == 10 and not p.warnings
+        assert 0.005 < p.log_likelihood_mcse < 0.1 and p.khat < 0.7
         errors.append((p.log_likelihood - exact) / p.log_likelihood_mcse)
     assert np.abs(errors).max() < 3.5, (errors, exact)
     # the posterior predictive of a new group's entry: N(E[mu | x], Var(mu | x) + 2)
@@ -342,7 +345,8 @@ def test_predictive_log_likelihood_of_new_groups_against_the_closed_form(fitted)
     sd = math.sqrt(post["var"]["mu"] + 2)
     assert abs(draws.mean() - post["mean"]["mu"]) < 4 * sd / math.sqrt(1000)
     assert abs(draws.std() - sd) < 4 * sd / math.sqrt(2 * 1000)
-    assert np.isnan(p.pointwise["x"][:, 2, 1:]).all() and np.isfinite(p.pointwise["x"][:, 2, 0]).all()
+    assert np.isnan(p.pointwise["x"][:, 12, 1:]).all() and np.isfinite(p.pointwise["x"][:, 12, 0]).all()
+    assert np.isnan(p.pointwise["x"][:, :10][:, [0, 1, 3]]).all()
     assert r.prediction is p and r.predictive_log_likelihood == p.log_likelihood
 
 
@@ -361,25 +365,30 @@ def test_prediction_for_nested_plates_that_both_grow():
     m.add_node("x", "observed", "Normal", {"loc": "b", "scale": 1}, plate="n")
     m.set_data("x", x)
     x_new = rng.normal(b[:, :, None], 1, (C + 1, D + 1, 2)).round(4)
+    x_new[:C, :D] = np.nan   # new districts of old counties, and the new county
     net = [("mu", {}, 0.0, 1.0, None)] + [(f"a{c}", {"mu": 1.0}, 0.0, 1.0, None) for c in range(C + 1)]
     net += [(f"b{c}_{d}", {f"a{c}": 1.0}, 0.0, 1.0, None) for c in range(C + 1) for d in range(D + 1)]
     net += [(f"x{c}{d}{n}", {f"b{c}_{d}": 1.0}, 0.0, 1.0, x[c, d, n]) for c in range(C) for d in range(D)
             for n in range(N)]
     both = net + [(f"t{c}{d}{n}", {f"b{c}_{d}": 1.0}, 0.0, 1.0, x_new[c, d, n]) for c in range(C + 1)
-                  for d in range(D + 1) for n in range(2)]
+                  for d in range(D + 1) for n in range(2) if np.isfinite(x_new[c, d, n])]
     exact = gaussian_network(both)["log_evidence"] - gaussian_network(net)["log_evidence"]
     f = Fitter(m, "qem", K=10, seed=0)
     list(f.run(200, until_converged=True))
     p = f.result().predict({"x": x_new}, draws=1000, seed=0)
-    assert p.new == {"c": (4, 5), "d": (3, 4)}
+    assert p.new == {"c": (4, 5), "d": (3, 4)} and p.n_observed == 2 * (C + D + 1) and not p.warnings
     assert abs(p.log_likelihood - exact) < 3.5 * p.log_likelihood_mcse, (p.log_likelihood, exact, p.log_likelihood_mcse)
 
 
 def test_prediction_of_the_same_groups_and_in_sample(fitted):
+    """New observations of all ten training groups: their joint density is averaged over
+    joint posterior draws, whose weights are heavy-tailed here (k-hat about 0.8 over 20
+    runs; errors 1.7 MCSEs rms, 3.8 at most): the estimate is within 5 MCSEs and warns."""
     m, x, z, r = fitted
     x_test = (x.mean(1, keepdims=True) + np.random.default_rng(9).normal(0, 1, (10, 3))).round(4)
     p = r.predict({"x": x_test}, seed=1)   # the obs plate changes size: it holds no latent
-    assert p.new == {} and abs(p.log_likelihood - _exact_predictive(x, x_test)) < 3.5 * p.log_likelihood_mcse
+    assert p.new == {} and abs(p.log_likelihood - _exact_predictive(x, x_test)) < 5 * p.log_likelihood_mcse
+    assert bool(p.warnings) == (p.khat > 0.7) and all(w["kind"] == "pareto_k" for w in p.warnings)
     inside = r.predict()                   # the training data
     assert inside.n_observed == x.size and inside.posterior_predictive["x"].shape == (1000, 10, 5)
     # Fitter.result(test_data=...) and the result document carry the same

@@ -267,8 +267,10 @@ def test_an_observed_vector_needs_its_shape():
 def test_a_200_latent_chain_matches_the_exact_answer():
     """x_0 ~ N(0, 1), x_i ~ N(x_{i-1}, 1), y_i ~ N(x_i, 1), 200 latents in one root einsum
     of 200 K-dims. QEM fits a Q per latent; the pooled estimate of log P(data) is within 4
-    of its MCSEs of the exact one, and the posterior means are within theirs: the rms of
-    their errors in MCSEs near 1, none beyond 5 (200 errors, MCSEs from 32 samples)."""
+    of its MCSEs of the exact one (1.2 here), and the posterior means are within theirs:
+    the rms of their errors in MCSEs near 1, none beyond 5 (200 errors, MCSEs from 32
+    samples). K=30: at K=10 the samples' log P_MP spread by 0.7 nats, and the pooled
+    estimate of P(data) rests on a few of them (it was 3.3 MCSEs off, with a warning)."""
     T = 200
     rng = np.random.default_rng(0)
     y = (np.cumsum(rng.normal(0, 1, T)) + rng.normal(0, 1, T)).round(4)
@@ -279,10 +281,11 @@ def test_a_200_latent_chain_matches_the_exact_answer():
         m.set_data(f"y{i}", float(y[i]))
         net += [(f"x{i}", {f"x{i - 1}": 1.0} if i else {}, 0.0, 1.0, None), (f"y{i}", {f"x{i}": 1.0}, 0.0, 1.0, y[i])]
     ex = gaussian_network(net)
-    f = Fitter(m, "qem", K=10, seed=0)
+    f = Fitter(m, "qem", K=30, seed=0)
     assert len(f.program.plan.levels[-1].components[0].local) == T   # one component over all 200 K-dims
     list(f.run(300, until_converged=True))
     r = f.result(max_samples=32)
+    assert not r.warnings
     assert abs(r.log_marginal - ex["log_evidence"]) < 4 * r.log_marginal_mcse, (r.log_marginal, ex["log_evidence"])
     z = np.array([(r.latents[f"x{i}"]["mean"] - ex["mean"][f"x{i}"]) / r.latents[f"x{i}"]["mcse_mean"]
                   for i in range(T)])

@@ -363,9 +363,10 @@ class Result:
     def to_arviz(self, draws: int | None = None, seed: int | None = None):
         """Pooled posterior draws as ArviZ InferenceData (one chain). sample_stats holds the
         pooled ESS per latent element; attrs the method, K, the number of pooled samples and
-        log P(data) with its MCSE. After predict(), the groups posterior_predictive,
-        log_likelihood (pointwise, per draw) and observed_data of its data join, and the
-        posterior is the draws it used (draws and seed default to the prediction's)."""
+        log P(data) with its MCSE. After predict(), draws and seed default to the
+        prediction's, and then the posterior is the draws it used and the groups
+        posterior_predictive, log_likelihood (pointwise, per draw) and observed_data of its
+        data join (with other draws or seed they would not match the posterior: left out)."""
         import arviz as az
         import xarray as xr
         prog = self.program

@@ -38,7 +38,7 @@ AUTO_K_BYTES = 1 << 30        # ... whose iteration the planner estimates at no 
 QEM_SCHEDULE = {"power": 0.6, "offset": 2}   # QEM's EMA weight (t + offset)^-power at iteration t
 
 
-def choose_K(model, mode: str = "mp", device="auto", dtype="float32") -> int:
+def choose_K(model, mode: str = "mp", device="auto", dtype=None) -> int:
     """The K that K="auto" means: the largest of AUTO_K whose iteration fits AUTO_K_BYTES
     (eight schools: 30; the radon example, whose county factor holds six K-dims: 10)."""
     for K in AUTO_K:
@@ -67,9 +67,9 @@ def _iteration_seed(seed: int, t: int) -> int:
 
 class Fitter:
     def __init__(self, model, method: str = "qem", K="auto", seed: int = 0, lr: float = 0.03,
-                 device="auto", dtype="float32", qem: dict | None = None, memory_budget=None):
+                 device="auto", dtype=None, qem: dict | None = None, memory_budget=None):
         """qem: QEM's step schedule {"power", "offset"} (default the model file's "qem"
-        field, else QEM_SCHEDULE)."""
+        field, else QEM_SCHEDULE); dtype None: the model file's "dtype", else float32."""
         if method not in METHODS:
             raise ModelError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not isinstance(lr, (int, float)) or not lr > 0:

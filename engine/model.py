@@ -27,7 +27,8 @@ FORMAT = "kn-model/1"
 KINDS = ("latent", "observed")
 EXTRAS = ("layout", "exact")   # fields the engine keeps for tools: canvas positions, a known posterior
 FIELDS = ("format", "name", "description", "plates", "nodes", "data", "data_file", "data_plates", "proposal",
-          "qem", *EXTRAS)
+          "qem", "dtype", *EXTRAS)
+DTYPES = ("float32", "float64")   # the model's `dtype`: the default float type of its runs
 PLATE_FIELDS = ("name", "size", "in")
 NODE_FIELDS = ("name", "kind", "dist", "args", "plate", "shape", "group", "timeseries", "enumerate")
 ENUMERABLE = ("Bernoulli", "Categorical", "Binomial")   # discrete latents whose support can be summed exactly
@@ -209,6 +210,7 @@ class Model:
         self.data_plates: dict[str, list[str]] = {}   # optional explicit plates of covariates
         self.proposal: dict[str, dict] = {}            # latent -> {"dist": family[, "init": {param: value}]}
         self.qem: dict = {}                            # QEM's step schedule {"power", "offset"}, if set
+        self.dtype: str | None = None                  # float type of its runs unless one is asked for
         self.description = ""
         self.extras: dict = {}   # optional fields the engine keeps but does not read: layout, exact
         self._order: dict | None = None   # node -> topological position; None after a change
@@ -414,6 +416,8 @@ class Model:
             for a, e in node.exprs().items():
                 for name in sorted(e.names - known - own):
                     raise ModelError(f"{node.where(a)}: {name!r} names no node or data")
+                for fname, plate, inside in e.reductions:
+                    self._check_reduction(node.where(a), fname, plate, inside)
             init = node.init_expr()
             for name in sorted(init.names - known if init else ()):
                 raise ModelError(f"node {node.name!r}, field 'timeseries.init': {name!r} names no node or data")
@@ -435,6 +439,9 @@ class Model:
                         f"data {node.name!r} has shape {shape} but node {node.name!r} lives in plates "
                         f"{'/'.join(f'{p}({self.plates[p].size})' for p in chain)}: its leading dims "
                         f"must be {sizes}")
+                if node.shape is not None and shape[len(sizes):] != node.shape:
+                    raise ModelError(f"data {node.name!r} has shape {list(shape[len(sizes):])} per plate element, "
+                                     f"but node {node.name!r} has shape {list(node.shape)}")
             elif node.name in self.data:
                 raise ModelError(f"data {node.name!r}: latent {node.name!r} has the same name (data for a "
                                  f"node makes it observed: set its kind to 'observed')")
@@ -491,6 +498,19 @@ class Model:
                                  f"{node.plate!r}, the plate the series runs along; the value before its first "
                                  f"element must come from outside it")
 
+    def _check_reduction(self, where: str, fname: str, plate: str, inside) -> None:
+        """pmean/psd reduce a plate of data: the plate exists, and what they read is data."""
+        if plate not in self.plates:
+            raise ModelError(f"{where}: {fname}() reduces plate {plate!r}, which does not exist")
+        for name in sorted(inside):
+            if name in self.graph and self.node(name).kind == "latent":
+                raise ModelError(f"{where}: {fname}() reduces a plate of data, but {name!r} is a latent (a latent's "
+                                 f"mean over a plate is not data: write it into the model as a node)")
+            arr = self.data.get(name)
+            if arr is not None and np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
+                raise ModelError(f"{where}: {fname}() reads {name!r}, which has missing values (null) that it "
+                                 f"cannot average")
+
     # ---- the kn-model/1 document ---------------------------------------------------
     def to_dict(self) -> dict:
         nodes = []
@@ -521,6 +541,8 @@ class Model:
             doc["proposal"] = copy.deepcopy(self.proposal)
         if self.qem:
             doc["qem"] = dict(self.qem)
+        if self.dtype is not None:
+            doc["dtype"] = self.dtype
         doc.update(copy.deepcopy(self.extras))
         return doc
 
@@ -581,6 +603,7 @@ class Model:
             m.proposal[k] = _proposal_entry(k, v)
         if doc.get("qem") is not None:
             m.qem = _qem(doc["qem"])
+        m.dtype = _dtype(doc.get("dtype"))
         if doc.get("layout") is not None:
             _layout(doc["layout"])
         _field(doc, "exact", dict, "")
@@ -718,6 +741,12 @@ def _qem(v) -> dict:
         raise ModelError(f"field 'qem' must be an object {{\"power\": p, \"offset\": t0}}, got {_type_name(v)}")
     qem_schedule({**QEM_SCHEDULE, **v}, "field 'qem'")
     return dict(v)
+
+
+def _dtype(v) -> str | None:
+    if v is not None and (not isinstance(v, str) or v not in DTYPES):
+        raise ModelError(f"field 'dtype' must be \"float32\" or \"float64\", got {_short(v)}")
+    return v
 
 
 def _layout(v) -> None:

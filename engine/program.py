@@ -48,7 +48,7 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 class Program:
-    def __init__(self, model: Model, K: int, *, mode: str = "mp", device="auto", dtype="float32",
+    def __init__(self, model: Model, K: int, *, mode: str = "mp", device="auto", dtype=None,
                  proposal="prior", params: dict | None = None, optimize: str = "greedy",
                  memory_budget=None, defensive: float = 0.0, enumeration: bool = True):
         """enumeration: sum small discrete latents over their support (each node's
@@ -61,7 +61,8 @@ class Program:
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
         self.defensive = float(defensive)   # share of each latent's particles drawn from its prior
-        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        # dtype None: the model file's "dtype", else float32
+        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype or model.dtype or "float32")
         if self.device.type == "cuda":
             torch.cuda.init()   # its generators exist only after CUDA's lazy initialisation
         self.nodes: list[Node] = model.nodes
@@ -131,6 +132,7 @@ class Program:
         chains = {}
         for i in chained:
             chains.setdefault(self.series[i], []).append((self.kdim[i], self.prev_dim[i], self.init_dim.get(i)))
+        self.home, self.chains_along = home, chains   # the plan's: where each K-dim is summed, the series
         self.plan = Plan(self.factor_dims, home, {p.name: p.parent for p in model.plates.values()},
                          self.sizes, self.rank, optimize=optimize, chains=chains,
                          exact={self.kdim[i] for i in self.enum})
@@ -260,7 +262,7 @@ class Program:
         key = (name, node.name)
         if key not in self._data:
             arr = self.model.data[name]
-            chain = self.chain[node.name]
+            chain = self._data_chain(name, node)
             if name in self.model.data_plates:
                 plates = tuple(self.model.data_plates[name])
                 if not set(plates) <= set(chain):
@@ -282,18 +284,50 @@ class Program:
             self._data[key] = Named(t, tuple(plates))
         return self._data[key]
 
+    def _data_chain(self, name: str, node: Node) -> tuple[str, ...]:
+        """The plates data `name`'s shape is read against in `node`: the node's own or, for
+        data that a pmean/psd of the node reduces over a plate the node is not in, the
+        longest chain of such a plate (a county's mean of its houses' covariate)."""
+        chain = self.chain[node.name]
+        best = None
+        for e in self.exprs[node.name].values():
+            for _, plate, inside in e.reductions:
+                if name in inside and plate in self.plate_sizes and plate not in chain:
+                    c = self.model.chain(plate)
+                    best = c if best is None or len(c) > len(best) else best
+        return chain if best is None else best
+
     def _observed_value(self, node: Node):
+        """The node's data, missing entries (NaN) filled with a value in the support, and
+        where it is present: None if nothing is missing, else a boolean tensor over its
+        plates or, where some plate element is only partly missing, over its plates and
+        the entries of its shape (a vector of independent Normals, Poissons, ...: the
+        log-density is a sum over them). A Dirichlet or MultivariateNormal value is scored
+        as a whole, so it may be missing only as a whole."""
         arr = self.model.data[node.name]
-        t = torch.as_tensor(np.asarray(arr, dtype=np.float64), dtype=self.dtype, device=self.device)
+        t = torch.as_tensor(np.require(arr, np.float64, ["W"]), dtype=self.dtype, device=self.device)
         n_plates = len(self.chain[node.name])
         missing = torch.isnan(t)
+        mask = None
         if missing.any():
-            mask = ~missing.reshape(*t.shape[:n_plates], -1).any(-1)
+            rank = self.specs[node.name].value_rank
+            if rank:
+                flat = missing.reshape(*missing.shape[:missing.dim() - rank], -1)
+                partly = flat.any(-1) & ~flat.all(-1)
+                if partly.any():
+                    idx = [int(i) for i in torch.nonzero(partly)[0]]
+                    val = np.asarray(arr, dtype=np.float64)[tuple(idx)]
+                    raise ModelError(f"observed node {node.name!r}: the value{f' at index {idx}' if idx else ''} "
+                                     f"({_nan_text(val)}) has some entries missing, but a {node.dist} value is "
+                                     f"scored as a whole: give all of its entries or none (all null)")
+                missing = flat.all(-1)
+            present = ~missing                                          # (*plates, *entries)
+            per_element = present.reshape(*present.shape[:n_plates], -1)
+            whole = bool((per_element.all(-1) | ~per_element.any(-1)).all())
+            mask = per_element.any(-1) if whole else present            # over the plates alone where that says it all
             support = self.specs[node.name].cls.support
             fill = 0.0 if constraints.is_dependent(support) else support_fill(support)
-            t = torch.where(missing, torch.full_like(t, fill), t)
-        else:
-            mask = None
+            t = torch.where(torch.isnan(t), torch.full_like(t, fill), t)
         return Named(t, self.chain[node.name]), mask
 
     # ---- evaluation ----------------------------------------------------------------------
@@ -409,6 +443,10 @@ class Program:
                                  f"{torch.finfo(self.dtype).max:.3g}); use dtype float64")
         for a, v in args.items():
             src = node.args.get(a)
+            stray = [d for d in v.dims if d in self.plate_sizes and d not in self.chain[node.name]]
+            if stray:   # data read against a reduced plate's chain, not reduced away
+                raise ModelError(f"{node.where(a)}: its value varies along plate {stray[0]!r}, which is not a plate "
+                                 f"of the node; reduce it (pmean(x, {stray[0]!r})) or put the node in that plate")
             if isinstance(src, Param) and not bool(torch.isfinite(v.t).all()):
                 raise ModelError(f"{node.where(a)}: its value {_np_text(v.t)} is out of the range of "
                                  f"{_dtype_name(self.dtype)}; use dtype float64")
@@ -433,6 +471,13 @@ class Program:
                 raise ModelError(f"{node.where()}: shape {list(node.shape)} has fewer dims than a {node.dist} value")
         else:
             n_extra = max([len(v.event_shape) - spec.arg_rank.get(a, 0) for a, v in args.items()] + [0])
+            if node.kind == "observed":   # data with more event dims than the arguments give
+                event = tuple(self.model.data[node.name].shape[len(self.chain[node.name]):])
+                if len(event) > n_extra + spec.value_rank:
+                    raise ModelError(f"{node.where()}: its data have shape {list(event)} per plate element, but its "
+                                     f"arguments make a {node.dist} value of "
+                                     f"{'one number' if n_extra + spec.value_rank == 0 else 'fewer dims'}: give the "
+                                     f"node \"shape\": {list(event)}")
         dims = tuple(sorted(set(dims).union(*[v.dims for v in args.values()]), key=self.rank.get))
         return spec, dims, n_extra
 
@@ -576,23 +621,31 @@ class Program:
             value, mask = values[node.name], None
         spec, dims, n_extra = self._layout(node, args, value.dims)
         v = value.align(dims, n_extra + spec.value_rank)
+        # a mask over the entries of the node's shape too: those entries are masked before they are summed
+        entries = None if mask is None or mask.dim() == len(value.dims) else \
+            Named(mask, self.chain[node.name]).align(dims, n_extra)
         d = None if self._checked else build(spec, args, dims, n_extra, node.where())   # validates, once
         if node.kind == "observed" and not self._checked:
-            self._check_support(node, d, v, dims, mask)
+            plate_mask = mask if entries is None else None
+            self._check_support(node, d, v, dims, plate_mask, entries)
             # probs of exactly 0 or 1 that no latent moves (a constant, data): a value they make
             # impossible is a data error, not a particle of weight zero (torch would score it log(eps))
             fixed = all(d in self.plate_sizes for a in ("probs", "total_count") if a in args for d in args[a].dims)
-            bad = impossible(spec, args, dims, n_extra, v) if fixed else None
+            bad = impossible(spec, args, dims, n_extra, v, entries) if fixed else None
             if bad is not None:
-                self._none_possible(node, ~bad, dims, mask, f"is impossible under {node.dist} with probs "
-                                                            f"{'0' if spec.name == 'NegativeBinomial' else '0 or 1'}")
+                self._none_possible(node, ~bad, dims, plate_mask, f"is impossible under {node.dist} with probs "
+                                                                  f"{'0' if spec.name == 'NegativeBinomial' else '0 or 1'}")
         off = None if offset is None else offset.align(dims, 0)
         try:
-            lp = fast_log_prob(spec, args, dims, n_extra, v, off, self._expanded[node.name])
+            lp = None if entries is not None else fast_log_prob(spec, args, dims, n_extra, v, off,
+                                                                 self._expanded[node.name])
             if lp is None:
                 if d is None:
                     d = build(spec, args, dims, n_extra, node.where())
-                lp = event_sum(d.log_prob(v), n_extra)
+                lp = d.log_prob(v)
+                if entries is not None:
+                    lp = torch.where(entries, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+                lp = event_sum(lp, n_extra)
                 lp = lp if off is None else lp + off
         except (RuntimeError, ValueError) as e:
             raise ModelError(f"{node.where()}: cannot score its value: {str(e).splitlines()[0]}") from None
@@ -600,7 +653,7 @@ class Program:
             raise ModelError(f"{node.where()}: its arguments have event shape "
                              f"{tuple(lp.shape[len(dims):])} that its value does not have")
         lp = Named(lp, dims)
-        if mask is not None:
+        if mask is not None and entries is None:
             m = Named(mask, self.chain[node.name]).align(dims, 0)
             lp = Named(torch.where(m, lp.t, torch.zeros((), dtype=lp.t.dtype, device=lp.t.device)), dims)
         if node.kind == "observed" and not self._checked:
@@ -610,8 +663,9 @@ class Program:
                                     " (values this large overflow float32: try dtype float64)" if big else ""))
         return lp
 
-    def _check_support(self, node, d, v, dims, mask):
-        """An observed value that no particle combination can produce is a data error."""
+    def _check_support(self, node, d, v, dims, mask, entries=None):
+        """An observed value that no particle combination can produce is a data error
+        (`mask` over the plates or `entries` over the plates and shape: where it is present)."""
         if not bool(torch.isfinite(v).all()):   # inf is refused at load: this overflowed the dtype
             raise ModelError(f"data {node.name!r}: values beyond the range of {_dtype_name(self.dtype)} (largest "
                              f"{torch.finfo(self.dtype).max:.3g}); use dtype float64")
@@ -619,6 +673,8 @@ class Program:
             ok = d.support.check(v)
         except (NotImplementedError, AttributeError, RuntimeError):
             return
+        if entries is not None:
+            ok = ok | ~entries
         ok = ok.reshape(*ok.shape[:len(dims)], -1).all(-1)
         self._none_possible(node, ok, dims, mask, f"is outside the support of {node.dist}")
 
@@ -637,8 +693,9 @@ class Program:
                 plate, start, _ = self._window
                 k = chain.index(plate)
                 idx = idx[:k] + (idx[k] + start,) + idx[k + 1:]
-            val = self._observed[node.name][0].t[idx]
-            raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} {why}")
+            val = np.asarray(self.model.data[node.name], dtype=np.float64)[idx]   # as given: null where missing
+            raise ModelError(f"observed node {node.name!r}: value {_nan_text(val) if val.ndim else float(val)}"
+                             f"{f' at index {list(idx)}' if idx else ''} {why}")
 
     def factors(self, values: dict[str, Named], nodes=None, sources=None) -> dict[str, Named]:
         """The factor of every node (or of `nodes`), restricted to the current chunk; with
@@ -737,8 +794,10 @@ class Program:
         if est <= self.memory_budget:
             return None
         best = None
+        reduced = {r[1] for e in self.exprs.values() for x in e.values() for r in x.reductions}
         for plate in sorted(self.plate_sizes, key=lambda p: len(self.model.chain(p))):
-            if plate in self.series.values():   # a time series' elements are not independent
+            if plate in self.series.values() or plate in reduced:   # a series' elements are not independent;
+                # a chunk of a plate that pmean/psd reduce would give them part of it only
                 continue
             n = self.plate_sizes[plate]
             if self.memory_estimate({plate: 1}) > self.memory_budget:
@@ -888,6 +947,10 @@ def _stat(path: str, key: str) -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def _nan_text(a: np.ndarray) -> str:
+    return str([None if np.isnan(x) else float(x) for x in np.ravel(a)][:8])
 
 
 def _np_text(t: torch.Tensor) -> str:

@@ -41,7 +41,7 @@ from .contract import Plan
 from .diagnostics import pareto_khat
 from .dists import DISTRIBUTIONS
 from .errors import ModelError
-from .model import Model, _data_array, _nan_to_nulls
+from .model import PREV, Model, _data_array, _nan_to_nulls
 from .named import Named
 from .program import Program, default_budget, human_bytes
 
@@ -255,6 +255,13 @@ class _Layout:
         self.draws_plate = _unused(DRAWS, taken)
         self.flag = {i: _unused(f"_new_{i}"[:100], taken) for i in self.new_latents}
         self.post = {i: _unused(f"_post_{i}"[:100], taken | set(self.flag.values())) for i in self.new_latents}
+        # a time series continued past its end: its first new element's prev is the last training draw
+        self.continued = [i for i in self.new_latents if model.node(i).timeseries is not None
+                          and model.node(i).plate in self.grown]
+        taken |= set(self.flag.values()) | set(self.post.values())
+        self.prev_flag = {i: _unused(f"_newprev_{i}"[:100], taken) for i in self.continued}
+        self.prev_post = {i: _unused(f"_postprev_{i}"[:100], taken | set(self.prev_flag.values()))
+                          for i in self.continued}
 
     @staticmethod
     def _covariate_plates(model, prog) -> dict[str, tuple[str, ...]]:
@@ -292,7 +299,9 @@ def _conditional_doc(layout: _Layout, post: dict, sl: slice) -> dict:
             continue
         nd = copy.deepcopy(nd)
         nd["plate"] = nd.get("plate") or D
-        nd["args"] = {a: _rename(v, swap) if isinstance(v, str) else v
+        own = {PREV: f"where({layout.prev_flag[nd['name']]}, {PREV}, {layout.prev_post[nd['name']]})"} \
+            if nd["name"] in layout.continued else {}
+        nd["args"] = {a: _rename(v, {**swap, **own}) if isinstance(v, str) else v
                       for a, v in nd["args"].items()}
         nodes.append(nd)
     data, data_plates = {}, {}
@@ -312,6 +321,20 @@ def _conditional_doc(layout: _Layout, post: dict, sl: slice) -> dict:
         new[tuple(slice(0, layout.train[p]) for p in chain)] = False
         data[layout.post[i]], data_plates[layout.post[i]] = full, [D, *chain]
         data[layout.flag[i]], data_plates[layout.flag[i]] = new.astype(np.float64), list(chain)
+        if i in layout.continued:   # element t's prev: the draw of t - 1 where that is a training element
+            axis = 1 + chain.index(model.node(i).plate)
+            shifted = np.zeros_like(full)
+            idx = [slice(None)] * full.ndim
+            src = list(idx)
+            idx[axis], src[axis] = slice(1, None), slice(0, -1)
+            shifted[tuple(idx)] = full[tuple(src)]
+            prev_new = np.zeros_like(new)
+            a = chain.index(model.node(i).plate)
+            pi, si = [slice(None)] * new.ndim, [slice(None)] * new.ndim
+            pi[a], si[a] = slice(1, None), slice(0, -1)
+            prev_new[tuple(pi)] = new[tuple(si)]
+            data[layout.prev_post[i]], data_plates[layout.prev_post[i]] = shifted, [D, *chain]
+            data[layout.prev_flag[i]], data_plates[layout.prev_flag[i]] = prev_new.astype(np.float64), list(chain)
     return {"format": base["format"], "name": base["name"], "plates": plates, "nodes": nodes, "data": data,
             "data_plates": data_plates}
 

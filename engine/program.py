@@ -152,7 +152,7 @@ class Program:
                 if n.enumerate and n.group is not None:
                     raise ModelError(f"{n.where()}: a grouped latent cannot be enumerated (field 'enumerate')")
                 continue
-            size = _support_size(n, self.model)
+            size = support_size(n, self.model)
             if size is None and n.dist == "Categorical":   # its probabilities are computed: one dry run
                 if dry is None:
                     dry = Program(self.model, 1, mode="global", device=device, dtype=dtype, memory_budget=1 << 62,
@@ -984,7 +984,7 @@ ENUMERATE_MAX = 16        # a discrete latent with at most this many values is s
 ENUMERATE_HARD_MAX = 256  # ... and at most this many when its node asks ("enumerate": true)
 
 
-def _support_size(node: Node, model: Model) -> int | None:
+def support_size(node: Node, model: Model) -> int | None:
     """Number of values of a Bernoulli, Binomial (constant or data total_count) or
     Categorical (constant or data probabilities) latent; None where it needs computing."""
     if node.dist == "Bernoulli":

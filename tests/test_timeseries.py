@@ -239,3 +239,20 @@ def test_a_series_plate_is_never_split_to_fit_memory():
     split = m.compile(10, dtype="float64", memory_budget=budget)
     assert split.split is not None and split.split[0] == "g"
     assert split.sample(0).log_marginal() == pytest.approx(whole.sample(0).log_marginal(), abs=1e-9)
+
+
+def test_a_series_continued_past_its_end_predicts_like_the_kalman_filter():
+    """Trained on 30 steps, scored on the next 10 (the training steps given as null): the
+    predictive log-likelihood within 4 of its reported MCSE of the Kalman filter's
+    p(y_31..40 | y_1..30); the first new step's prev is the last training step's draw."""
+    rng = np.random.default_rng(5)
+    T, H = 30, 10
+    y = np.cumsum(rng.normal(0, 1, T + H)) + rng.normal(0, 0.5, T + H)
+    f = Fitter(ssm(y[:T]), "qem", seed=0)
+    list(f.run(1000, until_converged=True))
+    future = y.copy()
+    future[:T] = np.nan
+    p = f.result().predict({"y": future}, draws=400, particles=30)
+    exact = ssm_net(y)["log_evidence"] - ssm_net(y[:T])["log_evidence"]
+    assert abs(p.log_likelihood - exact) < 4 * p.log_likelihood_mcse
+    assert p.posterior_predictive["y"].shape == (400, T + H) and not p.warnings

@@ -28,6 +28,7 @@ from . import exact as E
 from . import files as F
 from . import views as V
 from .browser import MAX_CHARS, BrowserStore
+from .compare import CompareTab
 from .compat import W
 from .editing import Edited, layout_of, suggest
 from .forms import HINT, DataForm, NodeForm, PlateForm, Text
@@ -216,6 +217,8 @@ class Workbench:
                              self.status, sizing_mode="stretch_width",
                              styles={"background": "#f6f8fa", "border-radius": "6px"})
         self.views = ViewTabs(g, self.alert, self._push)
+        self.compare = CompareTab(self.ed.document)   # sweeps of the model on screen
+        self.add_tab("Compare", self.compare)
         self.clear_views()
         right = pn.Column(controls, self.views.view, sizing_mode="stretch_width", min_width=460,
                           styles={"flex": "1 1 560px"}, margin=(0, 6))

@@ -181,7 +181,8 @@ def canvas_nodes(model, pos: dict, ess: dict | None = None, K: int | None = None
         elif n.kind == "observed":
             style = {"background": OBSERVED_FILL}
         out.append({"id": n.name, "type": n.kind, "position": {"x": x, "y": y},
-                    "label": f"{n.name}\n~ {n.dist}", "data": {"kind": n.kind, "dist": n.dist},
+                    "label": f"{n.name}\n~ {n.dist}" + (" ↻ prev" if n.timeseries is not None else ""),
+                    "data": {"kind": n.kind, "dist": n.dist},
                     "zIndex": 10, "style": style})
     return out
 

@@ -90,9 +90,11 @@ def plate_diagram_dot(model, ess: dict | None = None, K: int | None = None, show
     members: dict = {None: []}
     for p in model.plates:
         members[p] = []
+    enumerated = enumerated_latents(model)
     for n in model.nodes:
-        label = f'<<b>{html.escape(n.name)}</b><br/><font point-size="9">{html.escape(n.dist)}</font>'
-        attrs = {"tooltip": _q(f"{n.kind} {n.name} ~ {n.dist}")}
+        how = " · time series" if n.timeseries is not None else " · enumerated" if n.name in enumerated else ""
+        label = f'<<b>{html.escape(n.name)}</b><br/><font point-size="9">{html.escape(n.dist + how)}</font>'
+        attrs = {"tooltip": _q(f"{n.kind} {n.name} ~ {n.dist}{how}")}
         if n.kind == "observed":
             attrs["fillcolor"] = _q(OBSERVED_FILL)
         elif ess is not None and n.name in ess and K:
@@ -129,9 +131,26 @@ def plate_diagram_dot(model, ess: dict | None = None, K: int | None = None, show
     for p in [q for q in model.plates.values() if q.parent is None]:
         lines += cluster(p.name, 1)
     lines += [f"  {_q(a)} -> {_q(b)};" for a, b in model.graph.edges]
+    lines += [f"  {_q(n.name)} -> {_q(n.name)} [label=\"prev\", fontsize=9, fontcolor=\"#4a6fa5\", "
+              f"color=\"#4a6fa5\"];" for n in model.nodes if n.timeseries is not None]   # its own previous element
     lines += data_edges
     lines.append("}")
     return "\n".join(lines)
+
+
+def enumerated_latents(model) -> set[str]:
+    """The latents the engine sums over their support, as far as the model alone says (a
+    Categorical whose probabilities are computed is decided when the model is compiled)."""
+    from engine.model import ENUMERABLE
+    from engine.program import ENUMERATE_MAX, support_size
+    out = set()
+    for n in model.nodes:
+        if n.kind == "latent" and n.dist in ENUMERABLE and n.shape in (None, ()) and n.group is None \
+                and n.enumerate is not False:
+            size = support_size(n, model)
+            if n.enumerate or (size is not None and size <= ENUMERATE_MAX):
+                out.add(n.name)
+    return out
 
 
 def _graphviz_pure() -> str | None:
@@ -229,7 +248,7 @@ def fallback_svg(dot: str) -> str:
                 'font-family="Helvetica" font-size="14">(empty model: add a node)</text></svg>')
     g = nx.DiGraph()
     g.add_nodes_from(nodes)
-    g.add_edges_from((a, b) for a, b, _ in edges if a in nodes and b in nodes)
+    g.add_edges_from((a, b) for a, b, _ in edges if a in nodes and b in nodes and a != b)   # (a series' loop: its label says)
     row = {}
     for r, gen in enumerate(nx.topological_generations(g)):
         for n in gen:

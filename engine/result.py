@@ -70,7 +70,7 @@ class Result:
             while len(self._stats) < n:
                 self._add(program.sample(sample_seed(seed, len(self._stats))))
             self._pool()
-            if self.worst_mcse_ratio() <= self.mcse_target or n >= max_samples:
+            if n >= max_samples or (self.worst_mcse_ratio() <= self.mcse_target and self._samples_agree()):
                 break
             n = min(max_samples, 2 * n)
         self.warnings = self._warnings()
@@ -107,6 +107,7 @@ class Result:
         self.log_marginal_mcse = float(math.sqrt(((S * alpha - 1) ** 2).sum() / (S * (S - 1))))
         self.elbo, self.elbo_mcse = float(log_p.mean()), float(log_p.std(ddof=1) / math.sqrt(S))
         self.effective_samples = float(1 / (alpha ** 2).sum())
+        self.samples_khat = pareto_khat(log_p) if S >= 20 else float("nan")
         c = S / (S - 1)
         self.latents = {}
         for name in self.program.latents:
@@ -124,6 +125,14 @@ class Result:
                 "mcse_sd": np.divide(mcse_var, 2 * sd, out=np.zeros_like(sd), where=sd > 0),
                 "ess": 1 / (aq * aq * Q).sum(0),
                 "ess_per_sample": (1 / Q).mean(0)}
+
+    def _samples_agree(self) -> bool:
+        """Whether the MCSEs can be believed: the pooled estimate rests on a quarter of the
+        samples at least (when one sample takes all the weight every MCSE is about 0), and
+        their P_MP are not heavy-tailed (Pareto k-hat of log P_MP at most KHAT_LIMIT, from 20
+        samples on)."""
+        return self.effective_samples >= max(2.0, 0.25 * self.n_samples) and \
+            not (self.n_samples >= 20 and self.samples_khat > KHAT_LIMIT)
 
     def worst_mcse_ratio(self) -> float:
         """The largest MCSE of a mean, in posterior sds, over every latent element."""
@@ -148,12 +157,13 @@ class Result:
                                 f"degenerate weights: ESS below {LOW_ESS:g} K (K={K}) for {', '.join(parts)}; "
                                 f"one particle dominates, so the moments rest on it. Try: {fix}a larger K"
                                 f"{', or a better proposal' if self.method != 'is' else ''}."))
-        if S >= 4 and self.effective_samples < max(2.0, 0.25 * S):
+        if S >= 4 and not self._samples_agree():
             spread = float(np.std([st["log_p"] for st in self._stats], ddof=1))
+            tail = f" and their Pareto k-hat is {self.samples_khat:.2f}" if self.samples_khat > KHAT_LIMIT else ""
             out.append(_warning("mcse", list(self.latents),
-                                f"the {S} pooled samples' log P_MP spread by {spread:.2f} nats, so the estimates rest on "
-                                f"about {self.effective_samples:.1f} of them and their MCSEs are unreliable. Try: a "
-                                f"larger K, more iterations, or QEM for a proposal closer to the posterior."))
+                                f"the {S} pooled samples' log P_MP spread by {spread:.2f} nats{tail}, so the estimates "
+                                f"rest on about {self.effective_samples:.1f} of them and their MCSEs are unreliable. "
+                                f"Try: a larger K, more iterations, or QEM for a proposal closer to the posterior."))
         big = {}
         for n, d in self.latents.items():
             ok = d["sd"] > 1e-12 * (1 + np.abs(d["mean"]))
@@ -161,7 +171,7 @@ class Result:
             if bad.any():
                 big[n] = bad
         if big:
-            parts = [f"{n} ({_share(b)}".rstrip(" ") + ")" if b.size > 1 else n for n, b in big.items()]
+            parts = [f"{n} ({int(b.sum())} of {b.size} elements)" if b.size > 1 else n for n, b in big.items()]
             out.append(_warning("mcse", list(big),
                                 f"Monte Carlo error of the mean above {self.mcse_target:g} posterior sd for "
                                 f"{', '.join(parts)} after {S} pooled samples of K={K}. Try: a larger K, more "
@@ -262,6 +272,7 @@ class Result:
                "n_samples": self.n_samples, "log_marginal": self.log_marginal,
                "log_marginal_mcse": self.log_marginal_mcse, "elbo": self.elbo, "elbo_mcse": self.elbo_mcse,
                "effective_samples": self.effective_samples,
+               "samples_khat": None if math.isnan(self.samples_khat) else self.samples_khat,
                "latents": {n: {"plates": list(prog.chain[n]), "n_samples": self.n_samples,
                                **{k: v.tolist() for k, v in d.items()}}
                            for n, d in self.latents.items()},

@@ -17,7 +17,7 @@ import opt_einsum
 import torch
 
 from .errors import ModelError
-from .named import Named
+from .named import Deferred, Named
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _PLAN_CACHE: dict = {}
@@ -155,7 +155,8 @@ class Plan:
                     t = res.t - log_k if log_k else res.t
                     total = t if total is None else total + t
                 else:
-                    t = res.t.sum(res.dims.index(plate)) if plate in res.dims else res.t * sizes[plate]
+                    t = res.t * sizes[plate] if plate not in res.dims else res.plate_sum(plate) \
+                        if isinstance(res, Deferred) else res.t.sum(res.dims.index(plate))
                     if log_k:
                         t = t - log_k * sizes[plate]
                     vals[f"<{plate}:{ci}>"] = Named(t, tuple(d for d in res.dims if d != plate))

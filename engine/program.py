@@ -18,8 +18,8 @@ from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
 from .contract import Plan
-from .dists import (build, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok, support_fill,
-                    to_dtype)
+from .dists import (build, deferred_log_prob, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok,
+                    support_fill, to_dtype)
 from .errors import ModelError
 from .expr import Env
 from .model import Model, Node, Param
@@ -417,8 +417,12 @@ class Program:
             value, mask = values[node.name], None
         spec, dims, n_extra = self._layout(node, args, value.dims)
         v = value.align(dims, n_extra + spec.value_rank)
+        m = None if mask is None else Named(mask, self.chain[node.name]).align(dims, 0)
         d = None if self._checked else build(spec, args, dims, n_extra, node.where())   # validates, once
-        if node.kind == "observed" and not self._checked:
+        if node.kind == "latent":
+            return self._score(node, spec, args, dims, n_extra, v, None if offset is None else offset.align(dims, 0),
+                               m, d)
+        if not self._checked:
             self._check_support(node, d, v, dims, mask)
             # probs of exactly 0 or 1 that no latent moves (a constant, data): a value they make
             # impossible is a data error, not a particle of weight zero (torch would score it log(eps))
@@ -427,7 +431,18 @@ class Program:
             if bad is not None:
                 self._none_possible(node, ~bad, dims, mask, f"is impossible under {node.dist} with probs "
                                                             f"{'0' if spec.name == 'NegativeBinomial' else '0 or 1'}")
-        off = None if offset is None else offset.align(dims, 0)
+            big = self.dtype == torch.float32 and bool((v.abs() > 1e18).any())
+            with torch.no_grad():   # values only: what autograd saves is the same in every evaluation
+                lp = self._score(node, spec, args, dims, n_extra, v, None, m, d)
+            self._none_possible(node, lp.t > -math.inf, dims, None,
+                                "has zero probability under every particle" + (
+                                    " (values this large overflow float32: try dtype float64)" if big else ""))
+        # computed when the contraction asks: whole, or summed over a plate term by term
+        return deferred_log_prob(lambda: self._score(node, spec, args, dims, n_extra, v, None, m, None).t,
+                                 spec, args, dims, n_extra, v, m, self._sizes())
+
+    def _score(self, node, spec, args, dims, n_extra, v, off, m, d) -> Named:
+        """log P(v | args) over `dims` (event dims summed), plus `off`, 0 where mask `m` is False."""
         try:
             lp = fast_log_prob(spec, args, dims, n_extra, v, off, self._expanded[node.name])
             if lp is None:
@@ -440,16 +455,9 @@ class Program:
         if tuple(lp.shape[:len(dims)]) != tuple(lp.shape) or lp.dim() != len(dims):
             raise ModelError(f"{node.where()}: its arguments have event shape "
                              f"{tuple(lp.shape[len(dims):])} that its value does not have")
-        lp = Named(lp, dims)
-        if mask is not None:
-            m = Named(mask, self.chain[node.name]).align(dims, 0)
-            lp = Named(torch.where(m, lp.t, torch.zeros((), dtype=lp.t.dtype, device=lp.t.device)), dims)
-        if node.kind == "observed" and not self._checked:
-            big = self.dtype == torch.float32 and bool((v.abs() > 1e18).any())
-            self._none_possible(node, lp.t.detach() > -math.inf, dims, None,
-                                "has zero probability under every particle" + (
-                                    " (values this large overflow float32: try dtype float64)" if big else ""))
-        return lp
+        if m is not None:
+            lp = torch.where(m, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+        return Named(lp, dims)
 
     def _check_support(self, node, d, v, dims, mask):
         """An observed value that no particle combination can produce is a data error."""

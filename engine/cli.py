@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.set_defaults(func=serve)
     args = ap.parse_args(argv)
-    tune_allocator()   # the process's choice, not the library's: see engine/alloc.py
+    tune_allocator()   # before anything is allocated (the library also does it on first use): engine/alloc.py
     try:
         return args.func(args)
     except ModelError as e:

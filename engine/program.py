@@ -17,6 +17,7 @@ import torch
 from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
+from .alloc import tune_allocator
 from .contract import Plan
 from .dists import (build, deferred_log_prob, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok,
                     support_fill, to_dtype)
@@ -55,6 +56,7 @@ class Program:
             raise ModelError(f"K must be a positive integer, got {K!r}")
         if mode not in ("mp", "global"):
             raise ModelError(f"mode must be 'mp' or 'global', got {mode!r}")
+        tune_allocator()   # on first use, from Python as from kn: see engine/alloc.py
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
         self.defensive = float(defensive)   # share of each latent's particles drawn from its prior

@@ -1,0 +1,106 @@
+"""The speed-ups that must not change a value: the contraction's logsumexp and flushed
+exponentials against torch's, and the allocator tuned on first use from Python."""
+import math
+
+import pytest
+import torch
+
+from engine import alloc
+from engine.contract import flushed_exp, logsumexp
+from engine.model import Model
+
+
+def _wide(gen, shape, dtype):
+    """Log values spread over [-300, 0]: most terms of a logsumexp far below the largest,
+    where torch's vectorised exp takes its slow path; some slices -inf throughout."""
+    x = (torch.rand(shape, generator=gen, dtype=torch.float64) * -300).to(dtype)
+    x[0, :, 1] = -math.inf
+    x[1, 2, :] = -math.inf
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("axes", [(0,), (1, 2), (2,)])
+def test_logsumexp_is_torchs(dtype, axes):
+    g = torch.Generator().manual_seed(1)
+    x = _wide(g, (4, 5, 6), dtype)
+    got = logsumexp(x, axes)
+    want = torch.logsumexp(x.double(), axes)
+    dead = torch.isneginf(want)
+    assert torch.equal(torch.isneginf(got), dead)
+    torch.testing.assert_close(got.double()[~dead], want[~dead], rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert logsumexp(x, axes, keepdim=True).shape == torch.logsumexp(x, axes, keepdim=True).shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logsumexp_gradient_is_the_softmax_and_zero_on_dead_slices(dtype):
+    g = torch.Generator().manual_seed(2)
+    x = _wide(g, (4, 5, 6), dtype)
+    x[:, 3, :] = -math.inf   # a slice of the sum that is -inf throughout
+    x.requires_grad_()
+    w = torch.rand(5, generator=g, dtype=torch.float64).to(dtype)
+    (grad,) = torch.autograd.grad((logsumexp(x, (0, 2)) * w).sum(), x)
+    ref = x.detach().double()
+    soft = torch.softmax(ref.reshape(4, 5, 6).permute(1, 0, 2).reshape(5, -1), -1).reshape(5, 4, 6).permute(1, 0, 2)
+    want = torch.nan_to_num(soft, nan=0.0) * w.double()[None, :, None]
+    assert torch.isfinite(grad).all()
+    assert torch.all(grad[:, 3, :] == 0)          # the dead slice
+    assert torch.all(grad[0, :, 1] == 0)          # dead particles keep weight 0
+    torch.testing.assert_close(grad.double(), want, rtol=0, atol=8 * torch.finfo(dtype).eps)
+
+
+def test_logsumexp_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand((3, 4), generator=g, dtype=torch.float64) * -50).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: logsumexp(t, (1,)), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_flushed_exp_is_exp_above_the_subnormals(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(10_000, generator=g, dtype=torch.float64) * -900).to(dtype)
+    x[:3] = torch.tensor([-math.inf, 0.0, -1e-3])
+    shift = torch.tensor(-2.0, dtype=dtype)
+    got = flushed_exp(x, shift)
+    want = torch.exp(x.double() - float(shift))
+    tiny, low = torch.finfo(dtype).tiny, {torch.float32: -87.0, torch.float64: -708.0}[dtype]
+    normal = want >= 4 * math.exp(low) / torch.finfo(dtype).eps   # where subtracting exp(low) rounds away
+    torch.testing.assert_close(got.double()[normal], want[normal], rtol=2 * torch.finfo(dtype).eps, atol=0)
+    assert torch.all(got[want < tiny] == 0) and got[0] == 0 and torch.all(got >= 0)
+    xg = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(flushed_exp(xg, shift).sum(), xg)
+    torch.testing.assert_close(grad, got, rtol=0, atol=0)
+
+
+def test_underflowing_einsum_step_still_falls_back():
+    """The trap the contraction guards against: maxima of a summed index at different
+    values ([0, -200] against [-200, 0]) leave every product below float32's range;
+    the exact value is log(2) - 200."""
+    m = Model("trap")
+    m.add_node("a", "latent", "Categorical", {"probs": [0.5, 0.5]})
+    from engine.contract import Step, logspace_einsum
+    from engine.named import Named
+    a = Named(torch.tensor([[0.0, -200.0]]), ("x", "k"))
+    b = Named(torch.tensor([[-200.0, 0.0]]), ("y", "k"))
+    st = Step((0, 1), (("x", "k"), ("y", "k")), ("k",), ("x", "y"), "ak,bk->ab")
+    got = logspace_einsum([a, b], st)
+    assert float(got.t) == pytest.approx(math.log(2) - 200, abs=1e-4)
+
+
+def test_allocator_is_tuned_when_the_first_program_is_built(monkeypatch):
+    """From Python, as from kn: the first Program applies engine.alloc.tune_allocator."""
+    monkeypatch.setattr(alloc, "_done", False)
+    calls = []
+    real = alloc.tune_allocator
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    import engine.program
+    monkeypatch.setattr(engine.program, "tune_allocator", spy)
+    m = Model("one")
+    m.add_node("mu", "latent", "Normal", {"loc": 0, "scale": 1})
+    m.add_node("x", "observed", "Normal", {"loc": "mu", "scale": 1})
+    m.set_data("x", 0.5)
+    m.compile(K=3, device="cpu")
+    assert calls and (alloc._done or not alloc.sys.platform.startswith("linux"))

@@ -231,18 +231,27 @@ def logspace_einsum(ins: list[Named], step: Step) -> Named:
         if axes:
             total = _logsumexp(total, axes)
         return Named(total if perm is None else total.permute(perm), out_dims)
+    dtype = ins[0].t.dtype
     prod, shifts = _exp_einsum(ins, removed, out_dims, eq, None)
-    zero = _has_zero(prod)
-    if zero and prod.dtype == torch.float32:
+    if not _has_zero(prod):
+        return Named(_add_shifts(torch.log(prod), shifts), out_dims)
+    bad = prod == 0
+    if prod.dtype == torch.float32 and int(bad.sum()) * _FEW_ZEROS > prod.numel():
+        # widespread underflow: a float64 pass rescues most entries at once
         prod, shifts = _exp_einsum(ins, removed, out_dims, eq, torch.float64)
-        zero = _has_zero(prod)
-    if zero:   # log of a safe value, so no 0 * inf reaches the einsum's gradient
+        if not _has_zero(prod):
+            return Named(_add_shifts(torch.log(prod), shifts).to(dtype), out_dims)
         bad = prod == 0
-        exact = _exact_entries(ins, removed, out_dims, bad).to(prod.dtype)
-        res = torch.where(bad, exact, _add_shifts(torch.log(torch.where(bad, torch.ones_like(prod), prod)), shifts))
-    else:
-        res = _add_shifts(torch.log(prod), shifts)
-    return Named(res.to(ins[0].t.dtype), out_dims)
+    if not out_dims:   # a scalar: its exact value
+        return Named(_exact_values(ins, removed, out_dims, None).to(dtype), out_dims)
+    # the log of a safe value (no 0 * inf reaches the einsum's gradient), then the entries
+    # that underflowed put in exactly, each from a logsumexp over its own slices only
+    res = _add_shifts(torch.log(prod.masked_fill(bad, 1.0)), shifts).to(dtype)
+    where = torch.nonzero(bad)
+    return Named(res.index_put_(tuple(where.T), _exact_values(ins, removed, out_dims, where).to(dtype)), out_dims)
+
+
+_FEW_ZEROS = 8   # up to 1 in this many entries of a float32 step underflowing: recomputed one by one
 
 
 def broadcast_layout(in_dims, removed, out_dims):
@@ -346,12 +355,11 @@ def _add_shifts(out: torch.Tensor, shifts: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _exact_entries(ins, removed, out_dims, bad, block_elements=1 << 22):
-    """A tensor shaped like `bad` holding, at its True entries, the exact logsumexp over
-    `removed` of the operands' sum (zeros elsewhere)."""
+def _exact_values(ins, removed, out_dims, where, block_elements=1 << 22):
+    """The exact logsumexp over `removed` of the operands' sum at the output entries
+    `where` (rows of indices into `out_dims`), as a vector; for no out_dims, the scalar."""
     if not out_dims:
         return torch.logsumexp(sum(x.align(removed, 0) for x in ins).reshape(-1), 0)
-    where = torch.nonzero(bad)                                   # (n_bad, len(out_dims))
     sizes = {d: n for x in ins for d, n in zip(x.dims, x.t.shape)}
     rsizes = [sizes[d] for d in removed]
     block = max(1, block_elements // max(1, math.prod(rsizes)))
@@ -369,9 +377,8 @@ def _exact_entries(ins, removed, out_dims, bad, block_elements=1 << 22):
                     index.append(torch.arange(sizes[d], device=x.t.device).reshape(1, *[sizes[d] if i == r else 1
                                                                                          for i in range(len(removed))]))
             total = total + x.t[tuple(index)]
-        vals.append(torch.logsumexp(total.reshape(len(rows), -1), -1) if removed else total.reshape(len(rows)))
-    vals = torch.cat(vals)
-    return torch.zeros(bad.shape, dtype=vals.dtype, device=vals.device).index_put(tuple(where.T), vals)
+        vals.append(logsumexp(total.reshape(len(rows), -1), 1) if removed else total.reshape(len(rows)))
+    return torch.cat(vals)
 
 
 def _exp_einsum(ins, removed, out_dims, eq, dtype):

@@ -18,7 +18,7 @@ from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
 from .alloc import tune_allocator
-from .contract import Plan
+from .contract import Plan, logsumexp
 from .dists import (build, deferred_log_prob, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok,
                     support_fill, to_dtype)
 from .errors import ModelError
@@ -512,7 +512,7 @@ class Program:
                 elif q is None or self._defends(q):
                     lp = self._log_prob(node, values)
                     mix = tuple(i for i, d in enumerate(lp.dims) if d in self.kdim.values() and d != self.kdim[name])
-                    log_q = torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K) if mix else lp.t
+                    log_q = logsumexp(lp.t, mix, keepdim=True) - len(mix) * math.log(self.K) if mix else lp.t
                     if q is not None:   # Q_MP = (1 - defensive) Q + defensive * (the prior's mixture)
                         log_own = Named(self._narrow_q(q, name).log_prob(values[name].t), own).align(lp.dims, 0)
                         log_q = torch.logaddexp(math.log1p(-self.defensive) + log_own,

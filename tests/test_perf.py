@@ -75,16 +75,19 @@ def test_flushed_exp_is_exp_above_the_subnormals(dtype):
 def test_underflowing_einsum_step_still_falls_back():
     """The trap the contraction guards against: maxima of a summed index at different
     values ([0, -200] against [-200, 0]) leave every product below float32's range;
-    the exact value is log(2) - 200."""
-    m = Model("trap")
-    m.add_node("a", "latent", "Categorical", {"probs": [0.5, 0.5]})
+    the exact value is log(2) - 200, put in entry by entry (here with out dims), and a
+    gradient flows to both operands."""
     from engine.contract import Step, logspace_einsum
     from engine.named import Named
-    a = Named(torch.tensor([[0.0, -200.0]]), ("x", "k"))
-    b = Named(torch.tensor([[-200.0, 0.0]]), ("y", "k"))
+    ta = torch.tensor([[0.0, -200.0], [0.0, -1.0]], requires_grad=True)
+    tb = torch.tensor([[-200.0, 0.0]], requires_grad=True)
     st = Step((0, 1), (("x", "k"), ("y", "k")), ("k",), ("x", "y"), "ak,bk->ab")
-    got = logspace_einsum([a, b], st)
-    assert float(got.t) == pytest.approx(math.log(2) - 200, abs=1e-4)
+    got = logspace_einsum([Named(ta, ("x", "k")), Named(tb, ("y", "k"))], st)
+    want = torch.logsumexp(ta.detach()[:, None, :].double() + tb.detach()[None, :, :].double(), -1)
+    torch.testing.assert_close(got.t.double(), want, rtol=0, atol=1e-4)
+    ga, gb = torch.autograd.grad(got.t.sum(), (ta, tb))
+    assert torch.isfinite(ga).all() and torch.isfinite(gb).all()
+    torch.testing.assert_close(ga[0], torch.tensor([0.5, 0.5]), rtol=0, atol=1e-5)
 
 
 def test_allocator_is_tuned_when_the_first_program_is_built(monkeypatch):

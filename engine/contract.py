@@ -393,4 +393,81 @@ def _exp_einsum(ins, removed, out_dims, eq, dtype):
         kept = tuple(d for d in x.dims if d not in removed)
         shifts.append(Named(m.reshape([s for i, s in enumerate(m.shape) if x.dims[i] not in removed]), kept)
                       .align(out_dims, 0))
-    return torch.einsum(eq, *exps), shifts
+    plated = _plate_einsum(exps, [x.dims for x in ins], removed, out_dims)
+    return (torch.einsum(eq, *exps) if plated is None else plated), shifts
+
+
+def _plate_einsum(ts, dims, removed, out_dims, min_batch: int = 256):
+    """einsum of two operands whose shared trailing dims (plates: kept, in both and in
+    the output) are innermost in memory, as a batched matmul over them that keeps them
+    innermost (_PlateBmm), or None where the step is not of that form. torch.einsum makes
+    each plate element a matrix product of its own, and with the batch innermost it
+    copies every one of those matrices, then hands back a transposed result on which
+    every later pass strides across memory: 138 s of an occupancy iteration at K=30
+    went there (a copy per matrix, elementwise passes at 90 ns an entry). Below
+    `min_batch` plate elements torch's way costs less (radon's 85 counties: 0.9x)."""
+    if len(ts) != 2:
+        return None
+    (a, b), (da, db) = ts, dims
+    n = 0
+    while n < min(len(da), len(db), len(out_dims)) and da[len(da) - 1 - n] == db[len(db) - 1 - n] == \
+            out_dims[len(out_dims) - 1 - n]:
+        n += 1
+    batch = da[len(da) - n:]
+    if not n or not all(r in da and r in db for r in removed) or math.prod(a.shape[len(da) - n:]) < min_batch:
+        return None
+    fa = [d for d in da[:len(da) - n] if d not in removed]
+    fb = [d for d in db[:len(db) - n] if d not in removed]
+    if sorted(fa + fb) != sorted(out_dims[:len(out_dims) - n]) or set(fa) & set(fb):
+        return None
+    size = dict(zip(da, a.shape)) | dict(zip(db, b.shape))
+    P = math.prod(size[d] for d in batch)
+
+    def matrix(t, ds, free):   # (free, removed, batch) -> [rows, contracted, P], the batch kept innermost
+        order = [ds.index(d) for d in (*free, *removed, *batch)]
+        t = t.permute(order) if order != sorted(order) else t
+        return t.reshape(math.prod(size[d] for d in free), math.prod(size[d] for d in removed), P)
+    out = _PlateBmm.apply(matrix(a, da, fa), matrix(b, db, fb))          # [rows of b, rows of a, P]
+    out = out.reshape([size[d] for d in (*fb, *fa, *batch)])
+    have = (*fb, *fa, *batch)
+    return out.permute([have.index(d) for d in out_dims])
+
+
+class _PlateBmm(torch.autograd.Function):
+    """out[n, m, p] = sum_k A[m, k, p] B[n, k, p], p innermost in all three: the batch in
+    chunks small enough that each chunk's transposed copies stay in cache, every chunk
+    one batched matrix product (MKL's), written back with p innermost."""
+
+    @staticmethod
+    def _chunk(*blocks) -> int:
+        return max(8, (1 << 18) // max(1, max(blocks)))
+
+    @staticmethod
+    def forward(ctx, A, B):
+        M, K, P = A.shape
+        N = B.shape[0]
+        out = A.new_empty((N, M, P))
+        C = _PlateBmm._chunk(M * K, N * K, M * N)
+        for s in range(0, P, C):
+            e = min(s + C, P)
+            out[:, :, s:e] = torch.bmm(A[:, :, s:e].permute(2, 0, 1).contiguous(),
+                                       B[:, :, s:e].permute(2, 1, 0).contiguous()).permute(2, 1, 0)
+        ctx.save_for_backward(A, B)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        A, B = ctx.saved_tensors
+        M, K, P = A.shape
+        N = B.shape[0]
+        gA = A.new_empty(A.shape) if ctx.needs_input_grad[0] else None
+        gB = B.new_empty(B.shape) if ctx.needs_input_grad[1] else None
+        C = _PlateBmm._chunk(M * K, N * K, M * N)
+        for s in range(0, P, C):
+            e = min(s + C, P)
+            gc = g[:, :, s:e].permute(2, 1, 0).contiguous()                       # [c, M, N]
+            if gA is not None:
+                gA[:, :, s:e] = torch.bmm(gc, B[:, :, s:e].permute(2, 0, 1).contiguous()).permute(1, 2, 0)
+            if gB is not None:
+                gB[:, :, s:e] = torch.bmm(gc.transpose(1, 2), A[:, :, s:e].permute(2, 0, 1).contiguous()).permute(1, 2, 0)
+        return gA, gB

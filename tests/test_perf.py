@@ -107,3 +107,27 @@ def test_allocator_is_tuned_when_the_first_program_is_built(monkeypatch):
     m.set_data("x", 0.5)
     m.compile(K=3, device="cpu")
     assert calls and (alloc._done or not alloc.sys.platform.startswith("linux"))
+
+
+@pytest.mark.parametrize("case", [
+    # (dims of a, dims of b, summed, out): the occupancy site step, a chain with two plates, a scalar-free one
+    (("b", "c", "d", "p", "q"), ("a", "d", "p", "q"), ("d",), ("a", "b", "c", "p", "q")),
+    (("c", "d", "b", "q"), ("d", "a", "q"), ("d",), ("b", "a", "c", "q")),
+    (("d", "e", "a", "q"), ("e", "d", "q"), ("d", "e"), ("a", "q")),
+])
+def test_plate_einsum_is_einsum(case):
+    """The batched matmul over innermost plates gives torch.einsum's values and gradients."""
+    from engine.contract import _plate_einsum
+    da, db, removed, out = case
+    size = {"a": 3, "b": 4, "c": 2, "d": 5, "e": 3, "p": 7, "q": 11}
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand([size[d] for d in da], generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.rand([size[d] for d in db], generator=g, dtype=torch.float64, requires_grad=True)
+    got = _plate_einsum([a, b], [da, db], removed, out, min_batch=1)
+    letter = {d: chr(97 + i) for i, d in enumerate(size)}
+    eq = "".join(letter[d] for d in da) + "," + "".join(letter[d] for d in db) + "->" + "".join(letter[d] for d in out)
+    want = torch.einsum(eq, a, b)
+    torch.testing.assert_close(got, want)
+    w = torch.rand(want.shape, generator=g, dtype=torch.float64)
+    for x, y in zip(torch.autograd.grad((got * w).sum(), (a, b)), torch.autograd.grad((want * w).sum(), (a, b))):
+        torch.testing.assert_close(x, y)

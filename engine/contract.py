@@ -229,7 +229,7 @@ def logspace_einsum(ins: list[Named], step: Step) -> Named:
             if i != b:
                 total = total + x.align(big.dims, 0)
         if axes:
-            total = _logsumexp(total, axes)
+            total = logsumexp(total, axes)
         return Named(total if perm is None else total.permute(perm), out_dims)
     dtype = ins[0].t.dtype
     prod, shifts = _exp_einsum(ins, removed, out_dims, eq, None)
@@ -331,10 +331,6 @@ def logsumexp(x: torch.Tensor, axes, keepdim: bool = False) -> torch.Tensor:
         return torch.logsumexp(x, axes, keepdim=keepdim) if axes else x
     r = _LogSumExp.apply(x, axes)
     return r if keepdim else r.squeeze(axes)
-
-
-def _logsumexp(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    return logsumexp(x, axes)
 
 
 def _has_zero(prod: torch.Tensor) -> bool:

@@ -10,6 +10,8 @@ eight_schools_centered / eight_schools_noncentered: Rubin (1981), BDA section 5.
 seeds: Crowder (1978), the BUGS "Seeds" logistic random-effects model (assets/data/seeds.csv).
 occupancy: a discrete latent (is site i occupied?), synthetic detection histories drawn
   here with a fixed seed.
+nile: the Nile's annual flow at Aswan 1871-1970 (Cobb 1978, public domain; the copy in the
+  statsmodels wheel, assets/data/nile.csv), a local level model with a time-series latent.
 Reference posteriors for these models are in assets/reference/ (make_reference.py); where
 they are exact (closed form, quadrature), the model files carry them in their "exact" field.
 """
@@ -140,6 +142,15 @@ def occupancy(M=40, J=4, psi=0.6, p=0.4, seed=1):
             "data": {"y": y.astype(int).tolist()}}
 
 
+def nile():
+    rows = _csv("nile.csv")
+    return {"format": "kn-model/1", "name": "nile",
+            "description": 'Annual flow of the Nile at Aswan, 1871-1970 (10^8 m^3; Cobb 1978; public domain, via statsmodels). A local level model (Durbin and Koopman 2012, ch. 2): the level is a random walk, level_t ~ N(level_{t-1}, sigma_level), starting from level0 ~ N(1000, 300); flow_t ~ N(level_t, sigma_obs). The level is a time-series latent: \'prev\' in its location is its own value the year before. The two scales share one K-dim ("group": "scales"): every year\'s K x K transition then comes in K versions, not K^2, which lets K be 30. The reference posterior is quadrature over the two scales with the Kalman filter and smoother for the levels (assets/reference/make_reference.py).',
+            "plates": [{"name": "years", "size": len(rows)}],
+            "nodes": [{"name": "sigma_obs", "kind": "latent", "dist": "HalfNormal", "args": {"scale": 200}, "group": "scales"}, {"name": "sigma_level", "kind": "latent", "dist": "HalfNormal", "args": {"scale": 100}, "group": "scales"}, {"name": "level0", "kind": "latent", "dist": "Normal", "args": {"loc": 1000, "scale": 300}}, {"name": "level", "kind": "latent", "dist": "Normal", "args": {"loc": "prev", "scale": "sigma_level"}, "plate": "years", "timeseries": {"init": "level0"}}, {"name": "flow", "kind": "observed", "dist": "Normal", "args": {"loc": "level", "scale": "sigma_obs"}, "plate": "years"}],
+            "data": {"flow": [float(r["volume"]) for r in rows]}}
+
+
 def with_exact(doc):
     """The document with its "exact" field: {latent or latent[i]: {"dist", "args"} or
     {"x", "pdf"}, "@log_evidence": float}, the form the workbench's views read. From the
@@ -159,7 +170,8 @@ def with_exact(doc):
     return {**doc, "exact": exact}
 
 
-MODELS = [radon, hierarchical_gaussian, lambda: eight_schools(True), lambda: eight_schools(False), seeds, occupancy]
+MODELS = [radon, hierarchical_gaussian, lambda: eight_schools(True), lambda: eight_schools(False), seeds, occupancy,
+          nile]
 COMPACT = {"radon"}   # one line; the others are indented for reading
 
 if __name__ == "__main__":

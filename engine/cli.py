@@ -1,4 +1,7 @@
-"""The `kn` command: info, fit, serve."""
+"""The `kn` command: info, fit, predict and sweep here; other packages add subcommands (the
+workbench's `serve`) through the `kn.commands` entry point group: each entry is a function
+taking the subparsers object. Heavy modules (torch, the workbench's Panel) are imported
+only when a command runs, so that `kn --help` is quick."""
 from __future__ import annotations
 
 import argparse
@@ -16,14 +19,14 @@ import numpy as np
 
 from .alloc import tune_allocator
 from .errors import ModelError
-from .program import human_bytes
 from .safeio import DATA_LIMIT, MODEL_LIMIT, load_npz, read_bounded
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "assets" / "models" / "radon.json"
+COMMANDS = "kn.commands"
 
 
 def info(args) -> int:
     from .model import Model
+    from .program import human_bytes
     from .program import Program
     from .fit import choose_K
     m = Model.load(args.model)
@@ -50,7 +53,10 @@ def info(args) -> int:
         for i, st in enumerate(comp["steps"]):
             out(f"      step {i + 1}: {st['equation']}  sums out {', '.join(st['sums_out']) or '-'} -> "
                 f"{st['output_elements']:.3g} elements")
-    out(f"estimated peak memory at K={K} ({args.dtype}, with gradients): "
+        if "chain" in comp:
+            c = comp["chain"]
+            out(f"      then the {c['description']} ({c['depth']} steps)")
+    out(f"estimated peak memory at K={K} ({str(prog.dtype).replace('torch.', '')}, with gradients): "
         f"{human_bytes(prog.memory_estimate())}; budget {human_bytes(prog.memory_budget)}")
     if prog.split is not None:
         plate, chunk = prog.split
@@ -87,18 +93,58 @@ def fit(args) -> int:
         if args.method != "is" else ""
     print(f"{args.method} K={r.K}: {fitted}{r.n_samples} pooled samples; log P(data) {r.log_marginal:.4f} "
           f"(MCSE {r.log_marginal_mcse:.3f})"
-          + (f", predictive log-likelihood {r.predictive_log_likelihood:.4f}" if test else "")
+          + (f", predictive log-likelihood {r.predictive_log_likelihood:.4f} (MCSE "
+             f"{r.prediction.log_likelihood_mcse:.3f})" if test else "")
           + (f" -> {args.out}" if args.out else ""))
     for line in summary_lines(r):
         print(line)
-    for w in r.warnings:
+    for w in r.warnings + (r.prediction.warnings if test else []):
         print(f"warning ({w['kind']}): {w['message']}")
     return 0
+
+
+def predict(args) -> int:
+    from .model import Model
+    from .result import Result
+    if args.out:
+        check_out(args.out, args.model)
+    m = Model.load(args.model)
+    r = Result.load(m, args.result, device=args.device, memory_budget=args.memory_budget)
+    data = _load_data(args.data, "--data") if args.data else None
+    p = r.predict(data, draws=args.draws, seed=args.seed, particles=args.particles, memory_budget=args.memory_budget)
+    if args.out:
+        r.save(args.out)
+    grew = "; new elements: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in p.new.items()) if p.new else ""
+    print(f"predictive log-likelihood {p.log_likelihood:.4f} (MCSE {p.log_likelihood_mcse:.3f}) of "
+          f"{p.n_observed} observed values{'' if args.data else ' (the training data)'}; {p.draws} posterior draws "
+          f"x {p.particles} particles{grew}" + (f" -> {args.out}" if args.out else ""))
+    for line in prediction_lines(p):
+        print(line)
+    for w in r.warnings + p.warnings:
+        print(f"warning ({w['kind']}): {w['message']}")
+    return 0
+
+
+def prediction_lines(p, rows_per_node: int = 12) -> list[str]:
+    """The posterior predictive mean and sd of each observed node's entries, and whether observed."""
+    out = [f"{'':14s} {'mean':>10s} {'sd':>10s} {'observed':>10s}"]
+    for y, x in p.posterior_predictive.items():
+        x = x.astype(np.float64)
+        mean, sd, obs = x.mean(0), x.std(0), np.asarray(p.observed[y], dtype=np.float64)
+        idx = list(np.ndindex(*mean.shape)) if mean.shape else [()]
+        for i in idx[:rows_per_node]:
+            label = y + (f"[{','.join(map(str, i))}]" if i else "")
+            seen = "-" if np.isnan(obs[i]) else f"{obs[i]:.4g}"
+            out.append(f"{label:14s} {mean[i]:10.4g} {sd[i]:10.4g} {seen:>10s}")
+        if len(idx) > rows_per_node:
+            out.append(f"{'':14s} ... {len(idx) - rows_per_node} more entries of {y} (all in --out)")
+    return out
 
 
 def summary_lines(r, rows_per_latent: int = 12) -> list[str]:
     """The estimates as a table like az.summary's: mean, sd, their Monte Carlo standard
     errors, the pooled ESS and a sample's ESS per particle (ESS/K)."""
+    import numpy as np
     head = f"{'':14s} {'mean':>10s} {'sd':>10s} {'mcse_mean':>10s} {'mcse_sd':>9s} {'ess':>8s} {'ess/K':>6s}"
     out = [head]
     for name, d in r.latents.items():
@@ -115,14 +161,20 @@ def summary_lines(r, rows_per_latent: int = 12) -> list[str]:
     return out
 
 
-def serve(args) -> int:
-    from workbench import serve as run_server
-    port, address = check_port(args.port), check_address(args.address)
-    try:
-        run_server(args.model or str(EXAMPLE), port=port, address=address, show=args.show)
-    except OSError as e:   # the port is taken, or the address is not this machine's
-        raise ModelError(f"cannot listen on {address}:{port} ({e.strerror or e})") from None
-    return 0
+def _plugins(sub) -> None:
+    """Subcommands other packages register (entry point group `kn.commands`)."""
+    from importlib.metadata import entry_points
+    for ep in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # a broken plugin must not take `kn info`/`kn fit` with it
+            p = sub.add_parser(ep.name, help=f"(unavailable: {type(e).__name__}: {e})")
+            p.set_defaults(func=lambda args, e=e: _unavailable(ep.name, e))
+
+
+def _unavailable(name, e) -> int:
+    print(f"kn: error: the {name!r} command could not be loaded ({type(e).__name__}: {e})", file=sys.stderr)
+    return 2
 
 
 def _K(text: str):
@@ -197,22 +249,32 @@ def _memory_budget(text: str) -> float:
     return v
 
 
-def _load_data(path: str) -> dict:
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text[:40]!r}")
+    return v
+
+
+def _load_data(path: str, flag: str = "--test-data") -> dict:
     from .model import _data_array
     if path.endswith(".npz"):
-        arrays = load_npz(path, DATA_LIMIT, "--test-data")
+        arrays = load_npz(path, DATA_LIMIT, flag)
     else:
         try:
-            doc = json.loads(read_bounded(path, MODEL_LIMIT, "--test-data").decode("utf-8"))
+            doc = json.loads(read_bounded(path, MODEL_LIMIT, flag).decode("utf-8"))
         except (ValueError, RecursionError) as e:
-            raise ModelError(f"--test-data: {path!r} is not a JSON document ({str(e)[:100]})") from None
+            raise ModelError(f"{flag}: {path!r} is not a JSON document ({str(e)[:100]})") from None
         arrays = doc.get("data", doc) if isinstance(doc, dict) else None
         if not isinstance(arrays, dict):
-            raise ModelError(f"--test-data: {path!r} must hold an object of arrays by name (or a model's 'data')")
+            raise ModelError(f"{flag}: {path!r} must hold an object of arrays by name (or a model's 'data')")
     out = {}
     for k, v in arrays.items():
-        arr = _data_array(v, f"--test-data {k!r}")
-        out[k] = arr.astype(float)
+        arr = _data_array(v, f"{flag} {k!r}")
+        out[k] = arr.astype(float) if arr.dtype.kind == "b" else arr
     return out
 
 
@@ -243,7 +305,8 @@ def main(argv=None) -> int:
                        help="particles per latent (default auto: 30, or 10 or 3 where a K=30 iteration would "
                             "need over 1 GB)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-        p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+        p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                       help="default: the model file's \"dtype\", else float32")
         p.add_argument("--memory-budget", type=_memory_budget, default=None,
                        help="bytes a run may use (default: half the free device memory); above it a plate "
                             "is split into chunks")
@@ -269,14 +332,22 @@ def main(argv=None) -> int:
     p.add_argument("--test-data", help="held-out observations (.npz or JSON) for predictive log-likelihood")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=fit)
+    p = sub.add_parser("predict", help="posterior predictive draws and the predictive log-likelihood of new data "
+                                       "(plates may be larger than in training) from a kn-result/1 file")
+    p.add_argument("model", help="the kn-model/1 JSON file the result was fitted to")
+    p.add_argument("result", help="its kn-result/1 file (kn fit --out): Q and parameters are read, not refitted")
+    p.add_argument("--data", help="new observations and covariates (.npz or JSON); default: the training data")
+    p.add_argument("--draws", type=_positive, default=1000, help="pooled posterior draws (default 1000)")
+    p.add_argument("--particles", type=_positive, default=100,
+                   help="prior particles per new latent and posterior draw (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the result's, where available)")
+    p.add_argument("--memory-budget", type=_memory_budget, default=None, help="bytes a run may use")
+    p.add_argument("--out", help="write the result document with the prediction added here")
+    p.set_defaults(func=predict)
     from .sweep import add_subcommand as add_sweep
     add_sweep(sub)
-    p = sub.add_parser("serve", help="open the workbench in the browser")
-    p.add_argument("model", nargs="?", help="a kn-model/1 JSON file (default: the radon example)")
-    p.add_argument("--port", default="5006")
-    p.add_argument("--address", default="127.0.0.1")
-    p.add_argument("--show", action="store_true", help="open a browser tab")
-    p.set_defaults(func=serve)
+    _plugins(sub)
     args = ap.parse_args(argv)
     tune_allocator()   # before anything is allocated (the library also does it on first use): engine/alloc.py
     try:

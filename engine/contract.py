@@ -7,6 +7,12 @@ Within one plate level the factors that share K-dims local to that plate form a
 component; each component is one einsum (planned by `opt_einsum.contract_path`) that
 sums out its local K-dims in log space. The result, less log K per summed dim, is summed
 over the plate's elements and handed to the enclosing level as a new factor.
+
+A time-series latent couples consecutive elements of its plate: its factor holds its own
+K-dim and its previous element's ("K:x~prev"). Its component sums out everything else per
+element, leaving one K x K matrix per element (and per value of the outer K-dims), and the
+plate's product over elements becomes the chain's matrix product, taken as a log-space
+tree of pairwise products: O(log T) sequential steps (`chain_logsumexp`).
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ class Component:
     steps: list[Step]
     info: object                 # opt_einsum PathInfo (None for a lone factor with nothing to sum)
     log_k: float = 0.0           # n log K for the n K-dims summed out here
+    chain: tuple = ()            # ((current, previous) K-dims) of time series along the plate
 
 
 @dataclass
@@ -57,9 +64,16 @@ class Plan:
 
     def __init__(self, factor_dims: dict[str, tuple[str, ...]], home: dict[str, str | None],
                  plate_parent: dict[str, str | None], sizes: dict[str, int], rank: dict[str, int],
-                 optimize: str = "greedy"):
+                 optimize: str = "greedy", chains: dict[str, list[tuple[str, str]]] | None = None,
+                 exact: set[str] = frozenset()):
+        """chains: {plate: [(K-dim, previous element's K-dim, init K-dim or None)]} of the
+        time series along it (the init K-dim: whose particles the previous index runs over
+        at the first element). exact: K-dims that hold a latent's support (enumerated): a
+        plain sum, with no 1/K."""
         self.sizes, self.rank, self.plate_parent = sizes, rank, plate_parent
         self.optimize = optimize
+        self.chains = chains or {}
+        self.exact = set(exact)
         depth = {p: len(self._chain(p)) for p in plate_parent}
         order = sorted(plate_parent, key=lambda p: -depth[p]) + [None]   # innermost first
         pending = {lvl: [] for lvl in order}
@@ -73,7 +87,8 @@ class Plan:
             for names in _components(pending[plate], dims_of, local):
                 comp = self._component(names, dims_of, local, plate)
                 level.components.append(comp)
-                up = tuple(d for d in comp.out_dims if d != plate)
+                gone = {plate, *[d for c, p, _ in comp.chain for d in (c, p)]}
+                up = tuple(d for d in comp.out_dims if d not in gone) + tuple(i for _, _, i in comp.chain if i)
                 key = f"<{plate}:{len(level.components) - 1}>"
                 dims_of[key] = up
                 if plate is not None:
@@ -94,11 +109,14 @@ class Plan:
 
     def _component(self, names, dims_of, local, plate) -> Component:
         dims = sorted({d for n in names for d in dims_of[n]}, key=lambda d: self.rank[d])
-        here = tuple(d for d in dims if d in local)
-        out = tuple(d for d in dims if d not in local)
-        log_k = sum(math.log(self.sizes[d]) for d in here)
+        chain = tuple(c for c in self.chains.get(plate, ()) if c[0] in dims)
+        kept = {d for c, p, _ in chain for d in (c, p)}   # summed by the chain's product, not per element
+        here = tuple(d for d in dims if d in local and d not in kept)
+        out = tuple(d for d in dims if d not in local or d in kept)
+        log_k = sum(math.log(self.sizes[d]) for d in here if d not in self.exact) + \
+            sum(math.log(self.sizes[c]) for c, _, _ in chain if c not in self.exact)
         if len(names) == 1 and not here:
-            return Component(names, here, out, [], None, log_k)
+            return Component(names, here, out, [], None, log_k, chain)
         # opt_einsum plans with any number of symbols (a-z, A-Z first); torch.einsum takes 52
         # letters, so a component with more dims gives each step letters of its own
         letter = {d: opt_einsum.get_symbol(i) for i, d in enumerate(dims)}
@@ -126,13 +144,13 @@ class Plan:
             seq = ",".join("".join(letter[d] for d in i) for i in ins) + "->" + "".join(letter[d] for d in o)
             steps.append(Step(tuple(pos), tuple(ins), removed, o, seq))
             work = rest + [o]
-        return Component(names, here, out, steps, info, log_k)
+        return Component(names, here, out, steps, info, log_k, chain)
 
     # ---- running ------------------------------------------------------------------
     def contract(self, factors: dict[str, Named], sizes: dict[str, int], levels=None):
         """Run `levels` (default all, innermost first). Returns log P_MP (None if the root
-        was not run), the operands of every step (for posterior sampling), and every
-        value by name, level outputs `<plate:i>` included."""
+        was not run), per component the operands of every step and the chain's matrices
+        (for posterior sampling), and every value by name, level outputs `<plate:i>` included."""
         vals = dict(factors)
         trace, total = [], None
         for level in self.levels if levels is None else levels:
@@ -146,7 +164,9 @@ class Plan:
                     steps.append(ins)
                     work.append(logspace_einsum(ins, st))
                 (res,) = work
-                lvl_trace.append(steps)
+                lvl_trace.append((steps, res if comp.chain else None))
+                if comp.chain:
+                    res = chain_logsumexp(res, comp.chain, level.plate)
                 # n log K comes off after the plate sum (times the plate size): the same value
                 # without a pass over, and a copy of, the level's largest tensor.
                 log_k = comp.log_k
@@ -155,8 +175,8 @@ class Plan:
                     t = res.t - log_k if log_k else res.t
                     total = t if total is None else total + t
                 else:
-                    t = res.t * sizes[plate] if plate not in res.dims else res.plate_sum(plate) \
-                        if isinstance(res, Deferred) else res.t.sum(res.dims.index(plate))
+                    t = res.t if comp.chain else res.t * sizes[plate] if plate not in res.dims else \
+                        res.plate_sum(plate) if isinstance(res, Deferred) else res.t.sum(res.dims.index(plate))
                     if log_k:
                         t = t - log_k * sizes[plate]
                     vals[f"<{plate}:{ci}>"] = Named(t, tuple(d for d in res.dims if d != plate))
@@ -170,6 +190,12 @@ class Plan:
             for comp in level.components:
                 d = {"plate": level.plate or "(global)", "factors": comp.factors, "sums_out": list(comp.local),
                      "output": list(comp.out_dims), "steps": []}
+                if comp.chain:
+                    n = math.prod(self.sizes[c] for c, _, _ in comp.chain)
+                    d["chain"] = {"along": level.plate, "dims": [list(c[:2]) for c in comp.chain], "states": n,
+                                  "depth": max(1, math.ceil(math.log2(max(self.sizes[level.plate] - 1, 1)))),
+                                  "description": f"time series: a {n} x {n} matrix per element of "
+                                                 f"{level.plate!r}, multiplied in a log-space tree"}
                 if comp.info is not None:
                     info = comp.info
                     d.update(equation=info.eq, naive_flops=int(info.naive_cost), optimized_flops=int(info.opt_cost),
@@ -184,6 +210,68 @@ class Plan:
                              largest_intermediate=n)
                 out.append(d)
         return out
+
+
+def chain_logsumexp(res: Named, chain, plate: str) -> Named:
+    """Sum a chain component's matrices over every path: res holds, per element t of
+    `plate`, M_t[current, previous] (and any outer dims). At t = 0 the previous index runs
+    over the init's particles (a chain with an init K-dim, which the result keeps) or is not
+    real (every previous index gives the same value, and index 0 is used).
+    Returns log sum over all index paths of sum_t M_t, over the outer dims."""
+    batch, M, v0 = chain_matrices(res, chain, plate)
+    init = chain[0][2] if len(chain) == 1 else None
+    if init is not None:                                  # (batch, S, init): M_{T-1} ... M_0
+        P = chain_product(torch.cat([v0.unsqueeze(0), M]))
+        return Named(logsumexp(P, (-2,)), (*batch, init))
+    if M.shape[0]:
+        P = chain_product(M)                              # (batch, S, S): M_{T-1} ... M_1
+        total = logsumexp(P + v0[..., 0].unsqueeze(-2), (-2, -1))
+    else:
+        total = logsumexp(v0[..., 0], (-1,))
+    return Named(total, batch)
+
+
+def chain_matrices(res: Named, chain, plate: str):
+    """(outer dims, M (T-1, *outer, S, S) for t = 1..T-1, M_0 (*outer, S, S)): the chain's
+    K-dims flattened into one state index S."""
+    cur, prev = [c for c, _, _ in chain], [p for _, p, _ in chain]
+    batch = tuple(d for d in res.dims if d != plate and d not in cur and d not in prev)
+    order = [res.dims.index(d) for d in (plate, *batch, *cur, *prev)]
+    t = res.t.permute(order)
+    n_b = len(batch)
+    S = math.prod(t.shape[1 + n_b:1 + n_b + len(cur)])
+    t = t.reshape(*t.shape[:1 + n_b], S, S)
+    return batch, t[1:], t[0]
+
+
+_SCAN = ("<i>", "<m>", "<j>")
+
+
+def chain_product(M: torch.Tensor) -> torch.Tensor:
+    """M_{n-1} ... M_1 M_0 in log space (each (…, S, S), the product's [i, j] the logsumexp
+    over paths from j to i), by pairwise products level by level: ceil(log2 n) steps, each
+    an underflow-guarded log-space einsum over all pairs at once."""
+    while M.shape[0] > 1:
+        n = M.shape[0] // 2
+        later, earlier = M[1:2 * n:2], M[0:2 * n:2]
+        dims = tuple(f"<b{i}>" for i in range(M.dim() - 2))
+        a, b = Named(later, (*dims, "<i>", "<m>")), Named(earlier, (*dims, "<m>", "<j>"))
+        prod = logspace_einsum([a, b], _scan_step(dims)).t
+        M = torch.cat([prod, M[2 * n:]]) if M.shape[0] % 2 else prod
+    return M[0]
+
+
+_SCAN_STEPS: dict = {}
+
+
+def _scan_step(dims: tuple[str, ...]) -> "Step":
+    if dims not in _SCAN_STEPS:
+        letter = {d: opt_einsum.get_symbol(i) for i, d in enumerate((*dims, *_SCAN))}
+        a, b, o = (*dims, "<i>", "<m>"), (*dims, "<m>", "<j>"), (*dims, "<i>", "<j>")
+        eq = "".join(letter[d] for d in a) + "," + "".join(letter[d] for d in b) + "->" + \
+            "".join(letter[d] for d in o)
+        _SCAN_STEPS[dims] = Step((0, 1), (a, b), ("<m>",), o, eq)
+    return _SCAN_STEPS[dims]
 
 
 def _components(names, dims_of, local):

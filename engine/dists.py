@@ -21,6 +21,36 @@ from .errors import ModelError
 from .named import Constant, Deferred, Named
 
 
+class HalfStudentT(D.Distribution):
+    """|T| for T ~ StudentT(df, 0, scale): the density 2 t_df(x / scale) / scale on x >= 0
+    (df = 1 is the HalfCauchy; df -> infinity the HalfNormal)."""
+    arg_constraints = {"df": constraints.positive, "scale": constraints.positive}
+    support = constraints.nonnegative
+    has_rsample = True
+
+    def __init__(self, df, scale, validate_args=None):
+        self.df, self.scale = torch.distributions.utils.broadcast_all(df, scale)
+        self._t = D.StudentT(self.df, torch.zeros_like(self.scale), self.scale, validate_args=False)
+        super().__init__(self.df.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape)
+        return HalfStudentT(self.df.expand(shape), self.scale.expand(shape), validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self._t.rsample(sample_shape).abs()
+
+    def log_prob(self, value):
+        lp = self._t.log_prob(value) + math.log(2)
+        return torch.where(value >= 0, lp, -math.inf)
+
+    @property
+    def mean(self):
+        return torch.where(self.df > 1, 2 * self.scale * torch.exp(
+            torch.lgamma((self.df + 1) / 2) - torch.lgamma(self.df / 2)) * torch.sqrt(self.df / math.pi)
+            / (self.df - 1), math.inf)
+
+
 @dataclass(frozen=True)
 class DistSpec:
     name: str
@@ -55,6 +85,7 @@ DISTRIBUTIONS: dict[str, DistSpec] = {s.name: s for s in [
     _spec("Uniform", D.Uniform, ["low", "high"], "low <= x < high"),
     _spec("StudentT", D.StudentT, ["df", "loc", "scale"], "real line, heavy tailed",
           defaults={"loc": 0.0, "scale": 1.0}),
+    _spec("HalfStudentT", HalfStudentT, ["df", "scale"], "x >= 0, heavy tailed (df=1: HalfCauchy)"),
     _spec("Laplace", D.Laplace, ["loc", "scale"], "real line, double exponential"),
     _spec("Bernoulli", D.Bernoulli, ["probs", "logits"], "x in {0, 1}", one_of=_PROB, discrete=True),
     _spec("Binomial", D.Binomial, ["total_count", "probs", "logits"], "x in 0..total_count",
@@ -203,10 +234,11 @@ def build(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra
 
 
 def impossible(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_extra: int,
-               value: torch.Tensor) -> torch.Tensor | None:
+               value: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor | None:
     """Where `value` is impossible because probs is exactly 0 or 1 (over `dims`, event
     dims reduced), for the distributions torch scores with probs clamped to
-    [eps, 1 - eps]: they give such a value log(eps) (-15.9 in float32), not -inf."""
+    [eps, 1 - eps]: they give such a value log(eps) (-15.9 in float32), not -inf.
+    `present`: where entries of the value are present (missing ones are never impossible)."""
     if spec.name not in ("Bernoulli", "Binomial", "NegativeBinomial") or "probs" not in args:
         return None
     p = args["probs"].align(dims, n_extra)
@@ -214,6 +246,8 @@ def impossible(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...], n_
     if spec.name != "NegativeBinomial":
         n = args["total_count"].align(dims, n_extra) if "total_count" in args else 1
         bad = bad | ((p == 1) & (value != n))
+    if present is not None:
+        bad = bad & present
     return bad.flatten(len(dims)).any(-1) if n_extra else bad
 
 
@@ -437,7 +471,7 @@ def summed_log_prob(spec: DistSpec, args: dict[str, Named], dims, n_extra: int, 
     if spec.name not in _DISCRETE and spec.name != "Normal":
         return None
     full = tuple(torch.broadcast_shapes(value.shape, *[a.align(dims, n_extra).shape for a in args.values()]))
-    if mask is not None and n_extra:
+    if mask is not None and mask.dim() == len(dims) and n_extra:   # a mask over the plates: broadcast over the event
         mask = mask.reshape(*mask.shape, *[1] * n_extra)
     S = _PlateSum(axis, len(dims), n_extra, full, mask)
     if spec.name == "Normal":

@@ -1,9 +1,19 @@
 """The safe expression language of node arguments.
 
 An expression is parsed with `ast` and checked against a whitelist (numbers, names,
-arithmetic, `@`, unary minus, indexing by an integer constant or integer data, and calls
-to the functions in FUNCTIONS). It is compiled once into a tree of closures over `Named`
-values; a model file never runs code.
+arithmetic, comparisons, `@`, unary minus, indexing by an integer constant or integer
+data, and calls to the functions below). It is compiled once into a tree of closures over
+`Named` values; a model file never runs code.
+
+Functions:
+  elementwise   exp log sigmoid softplus sqrt abs logit tanh log1p expm1 square
+  event axis    sum mean softmax cumsum, as f(x) or f(x, axis) with axis counted within the
+                event dims (default the last)
+  where(c, a, b) a where c is nonzero, else b (comparisons give 0 or 1)
+  plate of data pmean(x, "plate") and psd(x, "plate"): the mean and the (population) sd of
+                data over the elements of a plate, optionally weighted, pmean(x, "plate", w).
+                Their arguments must be data (covariates, observed values without missing
+                entries), never a latent: the model checks it (Model.validate).
 """
 from __future__ import annotations
 
@@ -29,12 +39,19 @@ FUNCTIONS: dict[str, Callable] = {
     "square": torch.square,
     "softmax": lambda x, axis=-1: torch.softmax(x, axis),
     "sum": _sum, "mean": lambda x, axis=-1: x.mean(axis),
+    "cumsum": lambda x, axis=-1: torch.cumsum(x, axis),
 }
 # Functions that reduce or act along an event axis (axis counted within event dims).
-_AXIS_FUNCTIONS = {"sum", "mean", "softmax"}
+_AXIS_FUNCTIONS = {"sum", "mean", "softmax", "cumsum"}
+# Functions of their own syntax: where(c, a, b); pmean/psd(x, "plate"[, weights]).
+PLATE_FUNCTIONS = ("pmean", "psd")
+SPECIAL = ("where", *PLATE_FUNCTIONS)
+ALL_FUNCTIONS = tuple(sorted([*FUNCTIONS, *SPECIAL]))
 
 _BINOPS = {ast.Add: torch.add, ast.Sub: torch.sub, ast.Mult: torch.mul,
            ast.Div: torch.div, ast.Pow: torch.pow}
+_COMPARE = {ast.Lt: torch.lt, ast.LtE: torch.le, ast.Gt: torch.gt, ast.GtE: torch.ge,
+            ast.Eq: torch.eq, ast.NotEq: torch.ne}
 
 
 MAX_LENGTH = 2000   # characters of an expression
@@ -69,6 +86,9 @@ class Expr:
         self._check_depth(tree.body)
         self.names: set[str] = set()
         self.checked_indices: set = set()
+        # (function, plate, names inside) of every pmean/psd: the model checks that they are
+        # data, and the program reads those data's plates against the reduced plate's
+        self.reductions: list[tuple[str, str, frozenset]] = []
         self._fn = self._compile(tree.body)
 
     def _check_depth(self, root: ast.AST) -> None:
@@ -109,7 +129,7 @@ class Expr:
             return constant
         if isinstance(n, ast.Name):
             name = n.id
-            if name in FUNCTIONS:
+            if name in FUNCTIONS or name in SPECIAL:
                 raise self._bad(f"the function name {name!r} used as a value")
             self.names.add(name)
             return lambda env: env.values[name]
@@ -126,27 +146,17 @@ class Expr:
             if op is None:
                 raise self._bad(f"the operator {type(n.op).__name__}")
             return lambda env: _binary(op, a(env), b(env), env.rank)
+        if isinstance(n, ast.Compare):
+            parts = [self._compile(x) for x in (n.left, *n.comparators)]
+            ops = []
+            for op in n.ops:
+                if type(op) not in _COMPARE:
+                    raise self._bad(f"the comparison {type(op).__name__}")
+                ops.append(_COMPARE[type(op)])
+            # a < b < c is (a < b) * (b < c), as in Python; each gives 0 or 1
+            return lambda env: _compare(ops, [f(env) for f in parts], env)
         if isinstance(n, ast.Call):
-            if not isinstance(n.func, ast.Name):
-                raise self._bad("calling something other than a plain function name")
-            fname = n.func.id
-            if fname not in FUNCTIONS:
-                raise self._bad(f"the function {fname!r} (allowed: {', '.join(sorted(FUNCTIONS))})")
-            args = [self._compile(a) for a in n.args]
-            axis = None
-            for kw in n.keywords:
-                if kw.arg != "axis" or fname not in _AXIS_FUNCTIONS:
-                    raise self._bad(f"the keyword argument {kw.arg!r} to {fname}")
-                axis = self._int(kw.value)
-            if len(n.args) == 2 and fname in _AXIS_FUNCTIONS:
-                axis, args = self._int(n.args[1]), args[:1]
-            if len(args) != 1:
-                raise ModelError(f"{self.where}: {fname}() takes one argument in {self.source!r}")
-            fn, x = FUNCTIONS[fname], args[0]
-            if fname in _AXIS_FUNCTIONS:
-                ax = -1 if axis is None else axis
-                return lambda env: _along_event(fn, x(env), ax, self)
-            return lambda env: _map(fn, x(env))
+            return self._call(n)
         if isinstance(n, ast.Subscript):
             base = self._compile(n.value)
             idx = n.slice
@@ -158,6 +168,59 @@ class Expr:
                 return lambda env: _index_data(base(env), index(env), env.rank, self)
             raise self._bad("indexing by anything but an integer or an integer data name")
         raise self._bad(f"the construct {type(n).__name__}")
+
+    def _call(self, n: ast.Call):
+        if not isinstance(n.func, ast.Name):
+            raise self._bad("calling something other than a plain function name")
+        fname = n.func.id
+        if fname not in FUNCTIONS and fname not in SPECIAL:
+            raise self._bad(f"the function {fname!r} (allowed: {', '.join(ALL_FUNCTIONS)})")
+        if fname in PLATE_FUNCTIONS:
+            return self._plate_call(fname, n)
+        for kw in n.keywords:
+            if kw.arg != "axis" or fname not in _AXIS_FUNCTIONS:
+                raise self._bad(f"the keyword argument {kw.arg!r} to {fname}")
+        if fname == "where":
+            if len(n.args) != 3:
+                raise ModelError(f"{self.where}: where() takes three arguments, where(condition, a, b), in "
+                                 f"{self.source!r}")
+            c, a, b = (self._compile(x) for x in n.args)
+            return lambda env: _where(c(env), a(env), b(env), env.rank)
+        args = [self._compile(a) for a in n.args]
+        axis = None
+        for kw in n.keywords:
+            axis = self._int(kw.value)
+        if len(n.args) == 2 and fname in _AXIS_FUNCTIONS and axis is None:
+            axis, args = self._int(n.args[1]), args[:1]
+        if len(args) != 1:
+            raise ModelError(f"{self.where}: {fname}() takes one argument"
+                             f"{' and an axis' if fname in _AXIS_FUNCTIONS else ''} in {self.source!r}")
+        fn, x = FUNCTIONS[fname], args[0]
+        if fname in _AXIS_FUNCTIONS:
+            ax = -1 if axis is None else axis
+            return lambda env: _along_event(fn, x(env), ax, self)
+        return lambda env: _map(fn, x(env))
+
+    def _plate_call(self, fname: str, n: ast.Call):
+        """pmean(x, "plate"[, weights]) / psd(...): compiled with the names inside recorded."""
+        usage = f'{fname}(x, "plate") or {fname}(x, "plate", weights)'
+        if n.keywords or not 2 <= len(n.args) <= 3:
+            raise ModelError(f"{self.where}: {fname}() takes data, a plate name and optionally weights, "
+                             f"{usage}, in {self.source!r}")
+        plate = n.args[1]
+        if not (isinstance(plate, ast.Constant) and isinstance(plate.value, str) and plate.value.isidentifier()):
+            raise ModelError(f"{self.where}: the second argument of {fname}() must be a plate name in quotes, "
+                             f"{usage}, in {self.source!r}")
+        outer, self.names = self.names, set()
+        try:
+            x = self._compile(n.args[0])
+            w = self._compile(n.args[2]) if len(n.args) == 3 else None
+            inside = frozenset(self.names)
+        finally:
+            self.names = outer | self.names
+        name = plate.value
+        self.reductions.append((fname, name, inside))
+        return lambda env: _plate_reduce(fname, x(env), name, None if w is None else w(env), env, self)
 
     def _int(self, n: ast.AST) -> int:
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
@@ -174,6 +237,51 @@ def _map(fn, x: Named) -> Named:
 def _binary(op, a: Named, b: Named, rank) -> Named:
     (ta, tb), dims = broadcast([a, b], rank)
     return Named(op(ta, tb), dims)
+
+
+def _compare(ops, vals: list[Named], env) -> Named:
+    out = None
+    for op, a, b in zip(ops, vals, vals[1:]):
+        (ta, tb), dims = broadcast([a, b], env.rank)
+        r = Named(op(ta, tb).to(env.dtype), dims)
+        out = r if out is None else _binary(torch.mul, out, r, env.rank)
+    return out
+
+
+def _where(c: Named, a: Named, b: Named, rank) -> Named:
+    (tc, ta, tb), dims = broadcast([c, a, b], rank)
+    return Named(torch.where(tc != 0, ta, tb), dims)
+
+
+def _plate_reduce(fname: str, x: Named, plate: str, w: Named | None, env, expr: Expr) -> Named:
+    """The (weighted) mean or population sd of x over the elements of `plate`."""
+    items = [x] if w is None else [x, w]
+    dims = union_dims(items, env.rank)
+    if plate not in dims:
+        raise ModelError(f"{expr.where}: {fname}() reduces plate {plate!r}, but its data do not vary along "
+                         f"it in {expr.source!r} (their plates: {', '.join(dims) or 'none'})")
+    ev = max(len(v.event_shape) for v in items)
+    ts = [v.align(dims, ev) for v in items]
+    shape = torch.broadcast_shapes(*[t.shape for t in ts])
+    tx = ts[0].expand(shape)
+    if not tx.is_floating_point():
+        tx = tx.to(env.dtype)
+    ax = dims.index(plate)
+    if w is None:
+        mean = tx.mean(ax, keepdim=True)
+        out = mean if fname == "pmean" else (tx - mean).square().mean(ax, keepdim=True).sqrt()
+    else:
+        tw = ts[1].expand(shape).to(tx.dtype)
+        key = ("weights", ts[1].data_ptr(), tuple(shape), plate)
+        total = tw.sum(ax, keepdim=True)
+        if key not in expr.checked_indices:   # data: checked once
+            if bool((tw < 0).any()) or not bool((total > 0).all()):
+                raise ModelError(f"{expr.where}: the weights of {fname}() in {expr.source!r} must be >= 0 with a "
+                                 f"positive sum over plate {plate!r} for every element")
+            expr.checked_indices.add(key)
+        mean = (tw * tx).sum(ax, keepdim=True) / total
+        out = mean if fname == "pmean" else ((tw * (tx - mean).square()).sum(ax, keepdim=True) / total).sqrt()
+    return Named(out.squeeze(ax), tuple(d for d in dims if d != plate))
 
 
 def _matmul(a: Named, b: Named, rank, expr: Expr) -> Named:

@@ -38,7 +38,7 @@ AUTO_K_BYTES = 1 << 30        # ... whose iteration the planner estimates at no 
 QEM_SCHEDULE = {"power": 0.6, "offset": 2}   # QEM's EMA weight (t + offset)^-power at iteration t
 
 
-def choose_K(model, mode: str = "mp", device="auto", dtype="float32") -> int:
+def choose_K(model, mode: str = "mp", device="auto", dtype=None) -> int:
     """The K that K="auto" means: the largest of AUTO_K whose iteration fits AUTO_K_BYTES
     (eight schools: 30; the radon example, whose county factor holds six K-dims: 10)."""
     for K in AUTO_K:
@@ -67,9 +67,9 @@ def _iteration_seed(seed: int, t: int) -> int:
 
 class Fitter:
     def __init__(self, model, method: str = "qem", K="auto", seed: int = 0, lr: float = 0.03,
-                 device="auto", dtype="float32", qem: dict | None = None, memory_budget=None):
+                 device="auto", dtype=None, qem: dict | None = None, memory_budget=None):
         """qem: QEM's step schedule {"power", "offset"} (default the model file's "qem"
-        field, else QEM_SCHEDULE)."""
+        field, else QEM_SCHEDULE); dtype None: the model file's "dtype", else float32."""
         if method not in METHODS:
             raise ModelError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if not isinstance(lr, (int, float)) or not lr > 0:
@@ -80,9 +80,9 @@ class Fitter:
             K = choose_K(self.model, mode, device, dtype)
         self.method, self.K, self.seed, self.lr = method, K, seed, float(lr)
         self.schedule = qem_schedule({**QEM_SCHEDULE, **self.model.qem, **(qem or {})})
+        self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
         if method == "vi":
             self._check_continuous()
-        self.program = Program(self.model, K, mode=mode, device=device, dtype=dtype, memory_budget=memory_budget)
         if method != "is":   # the plan does not depend on the proposal: swap in Q
             self.program.proposal = self.program.initial_proposal(seed=seed)
         self.proposal: Proposal = self.program.proposal
@@ -100,12 +100,16 @@ class Fitter:
         self._last_good = None
 
     def _check_continuous(self):
+        """VI's reparameterised gradients need every sampled latent continuous (an enumerated
+        one is summed exactly, not sampled)."""
         for name in self.model.latents:
             node = self.model.node(name)
             fam = self.model.proposal.get(name, {}).get("dist")
-            if DISTRIBUTIONS[node.dist].discrete or (fam in FAMILIES and FAMILIES[fam].discrete):
-                raise ModelError(f"method 'vi' needs every latent continuous, but {name!r} is {node.dist} "
-                                 f"(discrete): use qem or rws")
+            if name not in self.program.enum and (DISTRIBUTIONS[node.dist].discrete or
+                                                 (fam in FAMILIES and FAMILIES[fam].discrete)):
+                raise ModelError(f"method 'vi' needs every latent continuous or enumerated, but {name!r} is "
+                                 f"{node.dist} (discrete) and sampled: use qem or rws, or enumerate it "
+                                 f"(\"enumerate\": true, for a Bernoulli, Categorical or Binomial of few values)")
 
     # ---- the loop ----------------------------------------------------------------------
     def stop(self) -> None:

@@ -27,9 +27,13 @@ FORMAT = "kn-model/1"
 KINDS = ("latent", "observed")
 EXTRAS = ("layout", "exact")   # fields the engine keeps for tools: canvas positions, a known posterior
 FIELDS = ("format", "name", "description", "plates", "nodes", "data", "data_file", "data_plates", "proposal",
-          "qem", *EXTRAS)
+          "qem", "dtype", *EXTRAS)
+DTYPES = ("float32", "float64")   # the model's `dtype`: the default float type of its runs
 PLATE_FIELDS = ("name", "size", "in")
-NODE_FIELDS = ("name", "kind", "dist", "args", "plate", "shape", "group")
+NODE_FIELDS = ("name", "kind", "dist", "args", "plate", "shape", "group", "timeseries", "enumerate")
+ENUMERABLE = ("Bernoulli", "Categorical", "Binomial")   # discrete latents whose support can be summed exactly
+TIMESERIES_FIELDS = ("plate", "init")
+PREV = "prev"   # in a time-series latent's arguments: its own value at the previous element of its plate
 PROPOSAL_FIELDS = ("dist", "init")
 MAX_NAME = 100          # characters of a name
 MAX_SIZE = 10 ** 9      # elements of a plate, or of a latent's shape
@@ -58,6 +62,8 @@ class Node:
     plate: str | None = None
     shape: tuple[int, ...] | None = None
     group: str | None = None
+    timeseries: dict | None = None   # {"init": number or expression}: the node depends on its own `prev`
+    enumerate: bool | None = None    # a discrete latent summed over its support (None: if it is small)
     _names: tuple | None = field(default=None, init=False, repr=False, compare=False)   # mentions(), by args
 
     def where(self, arg: str | None = None) -> str:
@@ -66,11 +72,20 @@ class Node:
     def exprs(self) -> dict[str, Expr]:
         return {a: Expr(v, self.where(a)) for a, v in self.args.items() if isinstance(v, str)}
 
+    def init_expr(self) -> Expr | None:
+        """A time-series latent's value before the first element of its plate, if an expression."""
+        v = (self.timeseries or {}).get("init")
+        return Expr(v, f"node {self.name!r}, field 'timeseries.init'") if isinstance(v, str) else None
+
     def mentions(self) -> set[str]:
-        """The names the node's expressions mention (parsed once per change of its arguments)."""
-        key = tuple((a, v) for a, v in self.args.items() if isinstance(v, str))
+        """The names the node's expressions mention (parsed once per change of its arguments),
+        less a time-series latent's own `prev`."""
+        key = (tuple((a, v) for a, v in self.args.items() if isinstance(v, str)),
+               (self.timeseries or {}).get("init"))
         if self._names is None or self._names[0] != key:
-            self._names = (key, frozenset().union(*[e.names for e in self.exprs().values()]))
+            init = self.init_expr()
+            names = frozenset().union(*[e.names for e in self.exprs().values()], init.names if init else ())
+            self._names = (key, names - {PREV} if self.timeseries is not None else names)
         return set(self._names[1])
 
 
@@ -195,6 +210,7 @@ class Model:
         self.data_plates: dict[str, list[str]] = {}   # optional explicit plates of covariates
         self.proposal: dict[str, dict] = {}            # latent -> {"dist": family[, "init": {param: value}]}
         self.qem: dict = {}                            # QEM's step schedule {"power", "offset"}, if set
+        self.dtype: str | None = None                  # float type of its runs unless one is asked for
         self.description = ""
         self.extras: dict = {}   # optional fields the engine keeps but does not read: layout, exact
         self._order: dict | None = None   # node -> topological position; None after a change
@@ -230,11 +246,17 @@ class Model:
         return self
 
     def add_node(self, name: str, kind: str, dist: str, args: dict | None = None, plate: str | None = None,
-                 shape=None, group: str | None = None) -> "Model":
+                 shape=None, group: str | None = None, timeseries: dict | None = None,
+                 enumerate: bool | None = None) -> "Model":
+        """timeseries: {"init": value} makes the latent depend on its own previous element
+        along `plate`, written `prev` in its arguments; at the first element prev is `init`
+        (a number or an expression of nodes outside the plate). enumerate: sum a Bernoulli,
+        Categorical or Binomial latent over its support exactly instead of sampling K
+        particles (None, the default: when the support has at most 16 values)."""
         _check_name(name, "node")
         if name in self.graph:
             raise ModelError(f"node {name!r} already exists")
-        self._put(self._new_node(name, kind, dist, args, plate, shape, group))
+        self._put(self._new_node(name, kind, dist, args, plate, shape, group, timeseries, enumerate))
         return self
 
     def update_node(self, name: str, **changes) -> "Model":
@@ -265,7 +287,7 @@ class Model:
             self.data_plates[name] = _plate_list(plates, f"data_plates {name!r}")
         return self
 
-    def _new_node(self, name, kind, dist, args, plate, shape, group) -> Node:
+    def _new_node(self, name, kind, dist, args, plate, shape, group, timeseries=None, enumerate=None) -> Node:
         """A Node whose every field has the right type and whose constant arguments are in
         range (what can be checked without the rest of the model)."""
         _check_name(name, "node")
@@ -287,7 +309,13 @@ class Model:
             raise ModelError(f"{where}: plate must be a plate name, got {_type_name(plate)}")
         if group is not None:
             _check_name(group, f"{where}: group")
-        node = Node(name, kind, dist, {}, plate, _shape(shape, where), group)
+        if enumerate is not None and not isinstance(enumerate, bool):
+            raise ModelError(f"{where}: field 'enumerate' must be true or false, got {_short(enumerate)}")
+        if enumerate and (kind != "latent" or dist not in ENUMERABLE or shape not in (None, [], ())):
+            raise ModelError(f"{where}: only a scalar {', '.join(ENUMERABLE)} latent can be enumerated "
+                             f"(field 'enumerate')")
+        node = Node(name, kind, dist, {}, plate, _shape(shape, where), group, _timeseries(timeseries, plate, where),
+                    enumerate)
         for a, v in args.items():
             node.args[a] = _argument(spec, a, v, node.where(a))
         node.mentions()   # parses every expression, or says why one cannot be
@@ -384,9 +412,15 @@ class Model:
         known = set(self.graph.nodes) | set(self.data)
         group_plate = {}
         for node in self.nodes:
+            own = {PREV} if node.timeseries is not None else set()
             for a, e in node.exprs().items():
-                for name in sorted(e.names - known):
+                for name in sorted(e.names - known - own):
                     raise ModelError(f"{node.where(a)}: {name!r} names no node or data")
+                for fname, plate, inside in e.reductions:
+                    self._check_reduction(node.where(a), fname, plate, inside)
+            init = node.init_expr()
+            for name in sorted(init.names - known if init else ()):
+                raise ModelError(f"node {node.name!r}, field 'timeseries.init': {name!r} names no node or data")
             chain = self.chain(node.plate)
             for p in self.parents(node.name):
                 pchain = self.chain(self.node(p).plate)
@@ -405,9 +439,14 @@ class Model:
                         f"data {node.name!r} has shape {shape} but node {node.name!r} lives in plates "
                         f"{'/'.join(f'{p}({self.plates[p].size})' for p in chain)}: its leading dims "
                         f"must be {sizes}")
+                if node.shape is not None and shape[len(sizes):] != node.shape:
+                    raise ModelError(f"data {node.name!r} has shape {list(shape[len(sizes):])} per plate element, "
+                                     f"but node {node.name!r} has shape {list(node.shape)}")
             elif node.name in self.data:
                 raise ModelError(f"data {node.name!r}: latent {node.name!r} has the same name (data for a "
                                  f"node makes it observed: set its kind to 'observed')")
+            if node.timeseries is not None:
+                self._check_timeseries(node)
             if node.group is not None:
                 if node.kind != "latent":
                     raise ModelError(f"{node.where()}: only latents can be grouped")
@@ -435,6 +474,43 @@ class Model:
                 raise ModelError(f"data {name!r} has a missing value at index {idx}; only observed "
                                  f"nodes may have missing values")
 
+    def _check_timeseries(self, node: Node) -> None:
+        if node.kind != "latent":
+            raise ModelError(f"{node.where()}: only a latent can be a time series (field 'timeseries')")
+        if node.group is not None:
+            raise ModelError(f"{node.where()}: a time-series latent cannot be in a group")
+        if PREV in self.graph or PREV in self.data:
+            raise ModelError(f"{node.where()}: a node or data named {PREV!r} would hide the time series' own "
+                             f"previous value, {PREV!r} in its arguments; rename it")
+        init = node.init_expr()
+        chain = self.chain(node.plate)
+        for name in sorted(init.names if init else ()):
+            if name in self.graph:
+                plates = self.chain(self.node(name).plate)
+            elif name in self.data_plates:
+                plates = tuple(self.data_plates[name])
+            else:   # as the engine reads a covariate: the node's plates that its leading dims match
+                shape = self.data[name].shape
+                plates = next((chain[:j] for j in range(len(chain), 0, -1)
+                               if shape[:j] == tuple(self.plates[p].size for p in chain[:j])), ())
+            if node.plate in plates:
+                raise ModelError(f"node {node.name!r}, field 'timeseries.init': {name!r} lives in plate "
+                                 f"{node.plate!r}, the plate the series runs along; the value before its first "
+                                 f"element must come from outside it")
+
+    def _check_reduction(self, where: str, fname: str, plate: str, inside) -> None:
+        """pmean/psd reduce a plate of data: the plate exists, and what they read is data."""
+        if plate not in self.plates:
+            raise ModelError(f"{where}: {fname}() reduces plate {plate!r}, which does not exist")
+        for name in sorted(inside):
+            if name in self.graph and self.node(name).kind == "latent":
+                raise ModelError(f"{where}: {fname}() reduces a plate of data, but {name!r} is a latent (a latent's "
+                                 f"mean over a plate is not data: write it into the model as a node)")
+            arr = self.data.get(name)
+            if arr is not None and np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
+                raise ModelError(f"{where}: {fname}() reads {name!r}, which has missing values (null) that it "
+                                 f"cannot average")
+
     # ---- the kn-model/1 document ---------------------------------------------------
     def to_dict(self) -> dict:
         nodes = []
@@ -447,6 +523,10 @@ class Model:
                 d["shape"] = list(n.shape)
             if n.group is not None:
                 d["group"] = n.group
+            if n.timeseries is not None:
+                d["timeseries"] = copy.deepcopy(n.timeseries)
+            if n.enumerate is not None:
+                d["enumerate"] = n.enumerate
             nodes.append(d)
         doc = {"format": FORMAT, "name": self.name}
         if self.description:
@@ -461,6 +541,8 @@ class Model:
             doc["proposal"] = copy.deepcopy(self.proposal)
         if self.qem:
             doc["qem"] = dict(self.qem)
+        if self.dtype is not None:
+            doc["dtype"] = self.dtype
         doc.update(copy.deepcopy(self.extras))
         return doc
 
@@ -515,12 +597,13 @@ class Model:
                 raise ModelError(f"node {n['name']!r} is listed twice")
             names.add(n["name"])
             nodes.append(m._new_node(n["name"], n["kind"], n["dist"], n.get("args"), n.get("plate"),
-                                     n.get("shape"), n.get("group")))
+                                     n.get("shape"), n.get("group"), n.get("timeseries"), n.get("enumerate")))
         m._add_nodes(nodes)
         for k, v in _field(doc, "proposal", dict, "", {}).items():
             m.proposal[k] = _proposal_entry(k, v)
         if doc.get("qem") is not None:
             m.qem = _qem(doc["qem"])
+        m.dtype = _dtype(doc.get("dtype"))
         if doc.get("layout") is not None:
             _layout(doc["layout"])
         _field(doc, "exact", dict, "")
@@ -593,6 +676,31 @@ def _argument(spec, arg: str, v, where: str):
                      f"got {_type_name(v)}")
 
 
+def _timeseries(v, plate, where: str) -> dict | None:
+    """A node's "timeseries" field: {"plate"?: its own plate, "init": number, list or expression}."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ModelError(f"{where}: field 'timeseries' must be an object like {{\"init\": 0}}, got {_type_name(v)}")
+    _unknown(v, TIMESERIES_FIELDS, f"{where}, field 'timeseries'")
+    if plate is None:
+        raise ModelError(f"{where}: a time series runs along a plate, but the node has none")
+    if v.get("plate", plate) != plate:
+        raise ModelError(f"{where}: field 'timeseries.plate' must be the node's own plate {plate!r} (a series "
+                         f"runs along its innermost plate), got {_short(v.get('plate'))}")
+    if "init" not in v:
+        raise ModelError(f"{where}: field 'timeseries' needs 'init', the value before the first element")
+    init = v["init"]
+    if isinstance(init, str):
+        Expr(init, f"{where}, field 'timeseries.init'")
+    elif _is_number(init) or isinstance(init, list):
+        _constant(init, f"{where}, field 'timeseries.init'")
+    else:
+        raise ModelError(f"{where}: field 'timeseries.init' must be a number, a list or an expression, got "
+                         f"{_type_name(init)}")
+    return {"init": copy.deepcopy(init)}
+
+
 def _plate_list(v, where: str) -> list[str]:
     if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
         raise ModelError(f"{where}: must be a list of plate names, got {_short(v)}")
@@ -633,6 +741,12 @@ def _qem(v) -> dict:
         raise ModelError(f"field 'qem' must be an object {{\"power\": p, \"offset\": t0}}, got {_type_name(v)}")
     qem_schedule({**QEM_SCHEDULE, **v}, "field 'qem'")
     return dict(v)
+
+
+def _dtype(v) -> str | None:
+    if v is not None and (not isinstance(v, str) or v not in DTYPES):
+        raise ModelError(f"field 'dtype' must be \"float32\" or \"float64\", got {_short(v)}")
+    return v
 
 
 def _layout(v) -> None:

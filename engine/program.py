@@ -23,7 +23,7 @@ from .dists import (build, deferred_log_prob, event_sum, fast_log_prob, get_spec
                     support_fill, to_dtype)
 from .errors import ModelError
 from .expr import Env
-from .model import Model, Node, Param
+from .model import ENUMERABLE, PREV, Model, Node, Param
 from .named import Constant, Named
 from .proposal import Proposal, check_family, default_family
 
@@ -49,9 +49,12 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 class Program:
-    def __init__(self, model: Model, K: int, *, mode: str = "mp", device="auto", dtype="float32",
+    def __init__(self, model: Model, K: int, *, mode: str = "mp", device="auto", dtype=None,
                  proposal="prior", params: dict | None = None, optimize: str = "greedy",
-                 memory_budget=None, defensive: float = 0.0):
+                 memory_budget=None, defensive: float = 0.0, enumeration: bool = True):
+        """enumeration: sum small discrete latents over their support (each node's
+        `enumerate` field, else when the support has at most ENUMERATE_MAX values);
+        False samples K particles of every latent."""
         if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
             raise ModelError(f"K must be a positive integer, got {K!r}")
         if mode not in ("mp", "global"):
@@ -60,18 +63,31 @@ class Program:
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
         self.defensive = float(defensive)   # share of each latent's particles drawn from its prior
-        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
+        # dtype None: the model file's "dtype", else float32
+        self.device, self.dtype = resolve_device(device), resolve_dtype(dtype or model.dtype or "float32")
         if self.device.type == "cuda":
             torch.cuda.init()   # its generators exist only after CUDA's lazy initialisation
         self.nodes: list[Node] = model.nodes
         self.latents = [n.name for n in self.nodes if n.kind == "latent"]
         self.chain = {n.name: model.chain(n.plate) for n in self.nodes}
-        self.kdim = {i: "K" if mode == "global" else f"K:{model.node(i).group or i}" for i in self.latents}
+        # enumerated latents: their K-dim holds their support, summed exactly, in either mode
+        self.enum = self._enumerated(enumeration, device, dtype)
+        self.kdim = {i: f"K:{i}" if i in self.enum else "K" if mode == "global" else f"K:{model.node(i).group or i}"
+                     for i in self.latents}
         self.own = {i: (self.kdim[i], *self.chain[i]) for i in self.latents}   # a latent's particles' dims
         self.latent_parents = {n.name: [p for p in model.parents(n.name) if p in self.kdim] for n in self.nodes}
         self.plate_sizes = {p.name: p.size for p in model.plates.values()}
-        self.sizes = {**self.plate_sizes, **{d: self.K for d in self.kdim.values()}}
-        kdims = list(dict.fromkeys(self.kdim[i] for i in self.latents))
+        # time series: each latent's previous element has a K-dim of its own in MP ("K:x~prev")
+        # (a chain of K x K factors in MP, and for an enumerated series in either mode; in global
+        # mode a sampled series reads its own particle's previous value, on the same K-dim)
+        self.series = {n.name: n.plate for n in self.nodes if n.timeseries is not None}
+        chained = [i for i in self.series if mode == "mp" or i in self.enum]
+        self.prev_dim = {i: f"{self.kdim[i]}~prev" if i in chained else self.kdim[i] for i in self.series}
+        kdims = list(dict.fromkeys([self.kdim[i] for i in self.latents] + [self.prev_dim[i] for i in chained]))
+        self.kdims = set(kdims)
+        self.sizes = {**self.plate_sizes, **{d: self.K for d in kdims},
+                      **{self.kdim[i]: n for i, n in self.enum.items()},
+                      **{self.prev_dim[i]: n for i, n in self.enum.items() if i in chained}}
         plate_order = []
         for n in self.nodes:
             for p in self.chain[n.name]:
@@ -81,8 +97,23 @@ class Program:
         self.rank = {"draw": -1, **{d: i for i, d in enumerate(kdims)},
                      **{p: len(kdims) + j for j, p in enumerate(plate_order)}}
         self.exprs = {n.name: n.exprs() for n in self.nodes}
+        self.inits = {n.name: n.init_expr() for n in self.nodes if n.timeseries is not None}
         self.specs = {n.name: get_spec(n.dist, n.where()) for n in self.nodes}
-        self.mentions = {k: sorted(set().union(*[e.names for e in v.values()])) for k, v in self.exprs.items()}
+        self.mentions = {n.name: sorted(set().union(*[e.names for e in self.exprs[n.name].values()],
+                                                    self.inits[n.name].names if self.inits.get(n.name) else ()))
+                         for n in self.nodes}
+        # A series whose init mentions latents on one K-dim only (and not otherwise a parent's),
+        # alone in its plate, starts from their particles: at the first element the previous
+        # index runs over that K-dim's particles, so the chain's matrices carry no copy of it.
+        self.init_dim = {}
+        for i, plate in self.series.items():
+            init = self.inits[i].names if self.inits[i] else set()
+            dims = {self.kdim[p] for p in init if p in self.kdim}
+            args = {self.kdim[p] for e in self.exprs[i].values() for p in e.names if p in self.kdim}
+            alone = sum(1 for j in self.series.values() if j == plate) == 1
+            if i in chained and len(dims) == 1 and not dims & args and alone and \
+                    self.sizes[next(iter(dims))] == self.sizes[self.prev_dim[i]]:
+                self.init_dim[i] = dims.pop()
         self.params = params if params is not None else {}
         for n in self.nodes:
             for a, v in n.args.items():
@@ -97,19 +128,55 @@ class Program:
         self.proposal = self._resolve_proposal(proposal)
         self.factor_dims = {n.name: self._factor_dims(n) for n in self.nodes}
         self._expanded = {n.name: self._expands(n) for n in self.nodes}
-        home = {d: None for d in kdims} if mode == "global" else \
-            {self.kdim[i]: model.node(i).plate for i in self.latents}
+        home = {d: None for d in kdims} if mode == "global" else {self.kdim[i]: model.node(i).plate for i in self.latents}
+        home.update({self.kdim[i]: model.node(i).plate for i in self.enum})   # summed where they live
+        home.update({self.prev_dim[i]: self.series[i] for i in chained})
+        chains = {}
+        for i in chained:
+            chains.setdefault(self.series[i], []).append((self.kdim[i], self.prev_dim[i], self.init_dim.get(i)))
+        self.home, self.chains_along = home, chains   # the plan's: where each K-dim is summed, the series
         self.plan = Plan(self.factor_dims, home, {p.name: p.parent for p in model.plates.values()},
-                         self.sizes, self.rank, optimize=optimize)
+                         self.sizes, self.rank, optimize=optimize, chains=chains,
+                         exact={self.kdim[i] for i in self.enum})
         self._window = None      # (plate, start, stop) while one chunk of a split run is computed
         self.memory_budget = default_budget(self.device) if memory_budget in (None, "auto") else int(memory_budget)
         self.split = self._plan_split()
 
     # ---- structure -------------------------------------------------------------------
+    def _enumerated(self, enabled: bool, device, dtype) -> dict[str, int]:
+        """{latent: support size} of the latents summed over their support: a node's
+        `enumerate` field, else (when `enabled`) every scalar Bernoulli, Categorical or
+        Binomial latent with at most ENUMERATE_MAX values outside a group."""
+        out, dry = {}, None
+        for n in self.nodes:
+            if n.kind != "latent" or n.enumerate is False or (n.enumerate is None and not enabled) \
+                    or n.dist not in ENUMERABLE or n.shape not in (None, ()) or n.group is not None:
+                if n.enumerate and n.group is not None:
+                    raise ModelError(f"{n.where()}: a grouped latent cannot be enumerated (field 'enumerate')")
+                continue
+            size = support_size(n, self.model)
+            if size is None and n.dist == "Categorical":   # its probabilities are computed: one dry run
+                if dry is None:
+                    dry = Program(self.model, 1, mode="global", device=device, dtype=dtype, memory_budget=1 << 62,
+                                  enumeration=False)
+                    dry_values = dry._draw(0, reparam=False)
+                args = dry._args(n, dry._env(n, dry_values))
+                size = next((args[a].event_shape[-1] for a in ("probs", "logits") if a in args), None)
+            if n.enumerate and (size is None or size > ENUMERATE_HARD_MAX):
+                raise ModelError(f"{n.where()}: cannot enumerate (field 'enumerate'): its support has "
+                                 f"{'an unknown number of' if size is None else size} values (at most "
+                                 f"{ENUMERATE_HARD_MAX})")
+            if size is not None and (n.enumerate or size <= ENUMERATE_MAX):
+                out[n.name] = int(size)
+        return out
+
     def _factor_dims(self, node: Node) -> tuple[str, ...]:
         dims = set(self.chain[node.name]) | {self.kdim[p] for p in self.latent_parents[node.name]}
         if node.kind == "latent":
             dims.add(self.kdim[node.name])
+        if node.name in self.series:
+            dims.add(self.prev_dim[node.name])
+            dims.discard(self.init_dim.get(node.name))   # it runs on the previous index at the first element
         return tuple(sorted(dims, key=self.rank.get))
 
     def _expands(self, node: Node) -> bool:
@@ -120,6 +187,8 @@ class Program:
             return False
 
         def dims_of(name):
+            if name == PREV and node.name in self.series:
+                return set(self.own[node.name]) - {self.kdim[node.name]} | {self.prev_dim[node.name]}
             if name in self.own:
                 return set(self.own[name])
             return set(self.chain[name] if name in self._observed else self.data(name, node).dims)
@@ -157,12 +226,12 @@ class Program:
         fams = {}
         with torch.no_grad():
             prior = Program(self.model, K, mode="global", device=self.device, dtype=self.dtype,
-                            params=self.params, memory_budget=1 << 62)   # draws only: nothing is contracted
+                            params=self.params, memory_budget=1 << 62, enumeration=False)   # draws only
             values = prior._draw(seed, reparam=False)
         for i in self.latents:
             node = self.model.node(i)
             entry = self.model.proposal.get(i, {})
-            choice = entry.get("dist")
+            choice = "prior" if i in self.enum else entry.get("dist")
             v = values[i]
             if choice is None:
                 support = self.specs[i].cls.support
@@ -195,7 +264,7 @@ class Program:
         key = (name, node.name)
         if key not in self._data:
             arr = self.model.data[name]
-            chain = self.chain[node.name]
+            chain = self._data_chain(name, node)
             if name in self.model.data_plates:
                 plates = tuple(self.model.data_plates[name])
                 if not set(plates) <= set(chain):
@@ -217,26 +286,61 @@ class Program:
             self._data[key] = Named(t, tuple(plates))
         return self._data[key]
 
+    def _data_chain(self, name: str, node: Node) -> tuple[str, ...]:
+        """The plates data `name`'s shape is read against in `node`: the node's own or, for
+        data that a pmean/psd of the node reduces over a plate the node is not in, the
+        longest chain of such a plate (a county's mean of its houses' covariate)."""
+        chain = self.chain[node.name]
+        best = None
+        for e in self.exprs[node.name].values():
+            for _, plate, inside in e.reductions:
+                if name in inside and plate in self.plate_sizes and plate not in chain:
+                    c = self.model.chain(plate)
+                    best = c if best is None or len(c) > len(best) else best
+        return chain if best is None else best
+
     def _observed_value(self, node: Node):
+        """The node's data, missing entries (NaN) filled with a value in the support, and
+        where it is present: None if nothing is missing, else a boolean tensor over its
+        plates or, where some plate element is only partly missing, over its plates and
+        the entries of its shape (a vector of independent Normals, Poissons, ...: the
+        log-density is a sum over them). A Dirichlet or MultivariateNormal value is scored
+        as a whole, so it may be missing only as a whole."""
         arr = self.model.data[node.name]
-        t = torch.as_tensor(np.asarray(arr, dtype=np.float64), dtype=self.dtype, device=self.device)
+        t = torch.as_tensor(np.require(arr, np.float64, ["W"]), dtype=self.dtype, device=self.device)
         n_plates = len(self.chain[node.name])
         missing = torch.isnan(t)
+        mask = None
         if missing.any():
-            mask = ~missing.reshape(*t.shape[:n_plates], -1).any(-1)
+            rank = self.specs[node.name].value_rank
+            if rank:
+                flat = missing.reshape(*missing.shape[:missing.dim() - rank], -1)
+                partly = flat.any(-1) & ~flat.all(-1)
+                if partly.any():
+                    idx = [int(i) for i in torch.nonzero(partly)[0]]
+                    val = np.asarray(arr, dtype=np.float64)[tuple(idx)]
+                    raise ModelError(f"observed node {node.name!r}: the value{f' at index {idx}' if idx else ''} "
+                                     f"({_nan_text(val)}) has some entries missing, but a {node.dist} value is "
+                                     f"scored as a whole: give all of its entries or none (all null)")
+                missing = flat.all(-1)
+            present = ~missing                                          # (*plates, *entries)
+            per_element = present.reshape(*present.shape[:n_plates], -1)
+            whole = bool((per_element.all(-1) | ~per_element.any(-1)).all())
+            mask = per_element.any(-1) if whole else present            # over the plates alone where that says it all
             support = self.specs[node.name].cls.support
             fill = 0.0 if constraints.is_dependent(support) else support_fill(support)
-            t = torch.where(missing, torch.full_like(t, fill), t)
-        else:
-            mask = None
+            t = torch.where(torch.isnan(t), torch.full_like(t, fill), t)
         return Named(t, self.chain[node.name]), mask
 
     # ---- evaluation ----------------------------------------------------------------------
     def _env(self, node: Node, values: dict[str, Named], kd: str | None = None, perms=None) -> Env:
         """Values of what `node` mentions. In sampling mode (kd given) every latent parent
-        on another K-dim is re-indexed into kd by its permutation."""
+        on another K-dim is re-indexed into kd by its permutation (and a time series' `prev`
+        is left to the caller, which draws the series element by element)."""
         env = {}
         for name in self.mentions[node.name]:
+            if name == PREV and node.name in self.series:
+                continue
             if name in values:
                 v = values[name]
                 if kd is not None and name in self.kdim and self.kdim[name] != kd:
@@ -246,7 +350,42 @@ class Program:
                 env[name] = self._narrow(self._observed[name][0])
             else:
                 env[name] = self._narrow(self.data(name, node))
-        return Env(env, self.rank, self.device, self.dtype)
+        env = Env(env, self.rank, self.device, self.dtype)
+        if node.name in self.series and kd is None:
+            env.values[PREV] = self._prev(node, values, env)
+        return env
+
+    def _init(self, node: Node, env: Env) -> Named:
+        """A time series' value before its first element (its field timeseries.init)."""
+        expr = self.inits[node.name]
+        if expr is not None:
+            return expr(env)
+        key = (node.name, "timeseries.init")
+        if key not in self._constants:
+            v = node.timeseries["init"]
+            t = torch.tensor(v, dtype=self.dtype, device=self.device)
+            self._constants[key] = Constant(t, (), float(v)) if t.dim() == 0 else Named(t, ())
+        return self._constants[key]
+
+    def _prev(self, node: Node, values: dict[str, Named], env: Env) -> Named:
+        """`prev` of a time series for its whole plate at once: element t holds the particles
+        of element t - 1 on the previous-element K-dim (the init value at t = 0, the same for
+        every previous index), so its factor is one K x K matrix per element."""
+        x, name, plate = values[node.name], node.name, node.plate
+        dims = tuple(self.prev_dim[name] if d == self.kdim[name] else d for d in x.dims)
+        if name in self.init_dim:   # the init's particles on the previous-element K-dim
+            src, prev = self.init_dim[name], self.prev_dim[name]
+            env = Env({k: Named(v.t, tuple(prev if d == src else d for d in v.dims)) for k, v in env.values.items()},
+                      env.rank, env.device, env.dtype)
+        first = self._init(node, env)
+        out = tuple(sorted(set(dims) | set(first.dims), key=self.rank.get))
+        T = x.t.shape[dims.index(plate)]
+
+        def full(v: Named, n: int) -> torch.Tensor:   # aligned to `out` and expanded, n elements of the plate
+            sizes = {**self._sizes(), plate: n}
+            return v.align(out, len(x.event_shape)).expand(*[sizes[d] for d in out], *x.event_shape)
+        rest = Named(x.t.narrow(dims.index(plate), 0, T - 1), dims)
+        return Named(torch.cat([full(first, 1), full(rest, T - 1)], out.index(plate)), out)
 
     def _narrow(self, v: Named) -> Named:
         """v restricted to the chunk being computed, if any."""
@@ -306,6 +445,10 @@ class Program:
                                  f"{torch.finfo(self.dtype).max:.3g}); use dtype float64")
         for a, v in args.items():
             src = node.args.get(a)
+            stray = [d for d in v.dims if d in self.plate_sizes and d not in self.chain[node.name]]
+            if stray:   # data read against a reduced plate's chain, not reduced away
+                raise ModelError(f"{node.where(a)}: its value varies along plate {stray[0]!r}, which is not a plate "
+                                 f"of the node; reduce it (pmean(x, {stray[0]!r})) or put the node in that plate")
             if isinstance(src, Param) and not bool(torch.isfinite(v.t).all()):
                 raise ModelError(f"{node.where(a)}: its value {_np_text(v.t)} is out of the range of "
                                  f"{_dtype_name(self.dtype)}; use dtype float64")
@@ -330,6 +473,13 @@ class Program:
                 raise ModelError(f"{node.where()}: shape {list(node.shape)} has fewer dims than a {node.dist} value")
         else:
             n_extra = max([len(v.event_shape) - spec.arg_rank.get(a, 0) for a, v in args.items()] + [0])
+            if node.kind == "observed":   # data with more event dims than the arguments give
+                event = tuple(self.model.data[node.name].shape[len(self.chain[node.name]):])
+                if len(event) > n_extra + spec.value_rank:
+                    raise ModelError(f"{node.where()}: its data have shape {list(event)} per plate element, but its "
+                                     f"arguments make a {node.dist} value of "
+                                     f"{'one number' if n_extra + spec.value_rank == 0 else 'fewer dims'}: give the "
+                                     f"node \"shape\": {list(event)}")
         dims = tuple(sorted(set(dims).union(*[v.dims for v in args.values()]), key=self.rank.get))
         return spec, dims, n_extra
 
@@ -362,13 +512,20 @@ class Program:
                 if node.kind == "observed":
                     values[name] = self._observed[name][0]
                     continue
+                if name in self.enum:   # every value of the support, the same in every plate element
+                    n = self.enum[name]   # integers for a Categorical, as its samples are (an index)
+                    support = torch.arange(n, dtype=torch.long if node.dist == "Categorical" else self.dtype,
+                                           device=self.device)
+                    values[name] = Named(support.reshape(n, *[1] * len(self.chain[name])).expand(
+                        n, *[self.plate_sizes[p] for p in self.chain[name]]), self.own[name])
+                    continue
                 q = self.proposal[name]
                 if q is not None:
                     x = q.sample(self.K, reparam)
-                    if self._defends(q):   # each particle from the prior instead with probability defensive
+                    if self._defends(q, name):   # each particle from the prior instead with probability defensive
                         pick = torch.rand(x.shape[:len(self.own[name])], device=self.device) < self.defensive
-                        prior = self._draw_prior(node, values, reparam, ranges).t
-                        x = torch.where(pick.reshape(*pick.shape, *[1] * (x.dim() - pick.dim())), prior, x)
+                        pick = pick.reshape(*pick.shape, *[1] * (x.dim() - pick.dim()))
+                        x = self._draw_prior(node, values, reparam, ranges, (pick, x)).t
                     values[name] = Named(x, self.own[name])
                     continue
                 values[name] = self._draw_prior(node, values, reparam, ranges)
@@ -381,18 +538,65 @@ class Program:
             gen.set_state(state)
         return values
 
-    def _defends(self, q) -> bool:
-        return self.defensive > 0 and q is not None and not q.discrete   # discrete Q mix in a uniform already
+    def _defends(self, q, name: str) -> bool:
+        """Whether latent `name`'s particles come from the defensive mixture: not for a
+        discrete Q (it mixes in a uniform already) nor for a time series (drawing its prior
+        takes one pass per element of its plate)."""
+        return self.defensive > 0 and q is not None and not q.discrete and name not in self.series
 
-    def _draw_prior(self, node: Node, values: dict[str, Named], reparam: bool, ranges: list) -> Named:
+    def _draw_prior(self, node: Node, values: dict[str, Named], reparam: bool, ranges: list,
+                    mixed=None) -> Named:
         """K particles of a latent from its prior, each parent particle on another K-dim
         coupled to the child's by a random permutation per plate element. Arguments computed
-        from particles join `ranges`, to be checked once the whole draw is done."""
+        from particles join `ranges`, to be checked once the whole draw is done. mixed =
+        (pick, q_particles): the defensive mixture, prior particles where pick, Q's elsewhere."""
+        if node.name in self.series:
+            return self._draw_series(node, values, reparam, ranges, mixed)
         kd, target = self.kdim[node.name], self.own[node.name]
-        sizes = [self.sizes[d] for d in target]
+        sizes = [self._sizes()[d] for d in target]
         perms = {p: torch.rand(sizes, device=self.device).argsort(0)
                  for p in self.latent_parents[node.name] if self.kdim[p] != kd}
-        args = self._args(node, self._env(node, values, kd, perms))
+        x = self._draw_from(node, self._env(node, values, kd, perms), sizes, reparam, ranges)
+        return x if mixed is None else Named(torch.where(mixed[0], x.t, mixed[1]), x.dims)
+
+    def _draw_series(self, node: Node, values: dict[str, Named], reparam: bool, ranges: list,
+                     mixed=None) -> Named:
+        """A time series from its prior, element by element along its plate: `prev` at
+        element t is element t - 1's particles (in a defensive mixture, the mixture's),
+        coupled by a random permutation per element in MP (a particle's own in global mode),
+        and the init value at t = 0."""
+        kd, target, plate = self.kdim[node.name], self.own[node.name], node.plate
+        xs, prev = [], None
+        for t in range(self.plate_sizes[plate]):
+            self._window = (plate, t, t + 1)
+            try:
+                here = {k: self._narrow(v) for k, v in values.items()}
+                sizes = [self._sizes()[d] for d in target]
+                perms = {p: torch.rand(sizes, device=self.device).argsort(0)
+                         for p in self.latent_parents[node.name] if self.kdim[p] != kd}
+                env = self._env(node, here, kd, perms)
+                if prev is None:
+                    env.values[PREV] = self._init(node, env)
+                elif self.prev_dim[node.name] != kd:
+                    perm = torch.rand(sizes, device=self.device).argsort(0)
+                    env.values[PREV] = _permute(prev, kd, kd, self.chain[node.name], perm, self.rank)
+                else:
+                    env.values[PREV] = prev
+                prev = self._draw_from(node, env, sizes, reparam, ranges)
+                if mixed is not None:
+                    axis = target.index(plate)
+                    pick, q = (m.narrow(axis, t, 1) for m in mixed)
+                    prev = Named(torch.where(pick, prev.t, q), prev.dims)
+            finally:
+                self._window = None
+            xs.append(prev.t)
+        return Named(torch.cat(xs, target.index(plate)), target)
+
+    def _draw_from(self, node: Node, env: Env, sizes: list[int], reparam: bool, ranges: list) -> Named:
+        """K particles of `node` per plate element (of the current window) from its
+        distribution given `env`."""
+        target = self.own[node.name]
+        args = self._args(node, env)
         if self._checked:   # the first draw's are checked by _args
             ranges += [(node, a, v.t, ok) for a, v in args.items() if not isinstance(v, Constant)
                        and (ok := range_ok(self.specs[node.name], a, v.t)) is not None]
@@ -409,7 +613,9 @@ class Program:
 
     def _log_prob(self, node: Node, values: dict[str, Named], offset: Named | None = None) -> Named:
         """log P(node | its parents' particles), plus `offset` (a tensor over fewer dims:
-        a latent's -log Q and source term, added where it costs no full-size pass)."""
+        a latent's -log Q and source term, added where it costs no full-size pass). An
+        observed node's is a `Deferred`: computed when the contraction asks for it, whole
+        or summed over a plate term by term (dists.summed_log_prob)."""
         args = self._args(node, self._env(node, values))
         if node.kind == "observed":
             value, mask = self._observed[node.name]
@@ -419,38 +625,46 @@ class Program:
             value, mask = values[node.name], None
         spec, dims, n_extra = self._layout(node, args, value.dims)
         v = value.align(dims, n_extra + spec.value_rank)
-        m = None if mask is None else Named(mask, self.chain[node.name]).align(dims, 0)
+        # a mask over the entries of the node's shape too: those entries are masked before they are summed
+        entries = None if mask is None or mask.dim() == len(value.dims) else \
+            Named(mask, self.chain[node.name]).align(dims, n_extra)
+        m = None if mask is None or entries is not None else Named(mask, self.chain[node.name]).align(dims, 0)
         d = None if self._checked else build(spec, args, dims, n_extra, node.where())   # validates, once
         if node.kind == "latent":
             return self._score(node, spec, args, dims, n_extra, v, None if offset is None else offset.align(dims, 0),
-                               m, d)
+                               m, entries, d)
         if not self._checked:
-            self._check_support(node, d, v, dims, mask)
+            plate_mask = mask if entries is None else None
+            self._check_support(node, d, v, dims, plate_mask, entries)
             # probs of exactly 0 or 1 that no latent moves (a constant, data): a value they make
             # impossible is a data error, not a particle of weight zero (torch would score it log(eps))
             fixed = all(d in self.plate_sizes for a in ("probs", "total_count") if a in args for d in args[a].dims)
-            bad = impossible(spec, args, dims, n_extra, v) if fixed else None
+            bad = impossible(spec, args, dims, n_extra, v, entries) if fixed else None
             if bad is not None:
-                self._none_possible(node, ~bad, dims, mask, f"is impossible under {node.dist} with probs "
-                                                            f"{'0' if spec.name == 'NegativeBinomial' else '0 or 1'}")
+                self._none_possible(node, ~bad, dims, plate_mask, f"is impossible under {node.dist} with probs "
+                                                                  f"{'0' if spec.name == 'NegativeBinomial' else '0 or 1'}")
             big = self.dtype == torch.float32 and bool((v.abs() > 1e18).any())
             with torch.no_grad():   # values only: what autograd saves is the same in every evaluation
-                lp = self._score(node, spec, args, dims, n_extra, v, None, m, d)
+                lp = self._score(node, spec, args, dims, n_extra, v, None, m, entries, d)
             self._none_possible(node, lp.t > -math.inf, dims, None,
                                 "has zero probability under every particle" + (
                                     " (values this large overflow float32: try dtype float64)" if big else ""))
-        # computed when the contraction asks: whole, or summed over a plate term by term
-        return deferred_log_prob(lambda: self._score(node, spec, args, dims, n_extra, v, None, m, None).t,
-                                 spec, args, dims, n_extra, v, m, self._sizes())
+        return deferred_log_prob(lambda: self._score(node, spec, args, dims, n_extra, v, None, m, entries, None).t,
+                                 spec, args, dims, n_extra, v, m if entries is None else entries, self._sizes())
 
-    def _score(self, node, spec, args, dims, n_extra, v, off, m, d) -> Named:
-        """log P(v | args) over `dims` (event dims summed), plus `off`, 0 where mask `m` is False."""
+    def _score(self, node, spec, args, dims, n_extra, v, off, m, entries, d) -> Named:
+        """log P(v | args) over `dims`, its event dims summed (those `entries` leaves out
+        as 0), plus `off`, and 0 where the plate mask `m` is False."""
         try:
-            lp = fast_log_prob(spec, args, dims, n_extra, v, off, self._expanded[node.name])
+            lp = None if entries is not None else fast_log_prob(spec, args, dims, n_extra, v, off,
+                                                                 self._expanded[node.name])
             if lp is None:
                 if d is None:
                     d = build(spec, args, dims, n_extra, node.where())
-                lp = event_sum(d.log_prob(v), n_extra)
+                lp = d.log_prob(v)
+                if entries is not None:
+                    lp = torch.where(entries, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+                lp = event_sum(lp, n_extra)
                 lp = lp if off is None else lp + off
         except (RuntimeError, ValueError) as e:
             raise ModelError(f"{node.where()}: cannot score its value: {str(e).splitlines()[0]}") from None
@@ -461,8 +675,9 @@ class Program:
             lp = torch.where(m, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
         return Named(lp, dims)
 
-    def _check_support(self, node, d, v, dims, mask):
-        """An observed value that no particle combination can produce is a data error."""
+    def _check_support(self, node, d, v, dims, mask, entries=None):
+        """An observed value that no particle combination can produce is a data error
+        (`mask` over the plates or `entries` over the plates and shape: where it is present)."""
         if not bool(torch.isfinite(v).all()):   # inf is refused at load: this overflowed the dtype
             raise ModelError(f"data {node.name!r}: values beyond the range of {_dtype_name(self.dtype)} (largest "
                              f"{torch.finfo(self.dtype).max:.3g}); use dtype float64")
@@ -470,6 +685,8 @@ class Program:
             ok = d.support.check(v)
         except (NotImplementedError, AttributeError, RuntimeError):
             return
+        if entries is not None:
+            ok = ok | ~entries
         ok = ok.reshape(*ok.shape[:len(dims)], -1).all(-1)
         self._none_possible(node, ok, dims, mask, f"is outside the support of {node.dist}")
 
@@ -488,8 +705,9 @@ class Program:
                 plate, start, _ = self._window
                 k = chain.index(plate)
                 idx = idx[:k] + (idx[k] + start,) + idx[k + 1:]
-            val = self._observed[node.name][0].t[idx]
-            raise ModelError(f"observed node {node.name!r}: value {val.tolist()} at index {list(idx)} {why}")
+            val = np.asarray(self.model.data[node.name], dtype=np.float64)[idx]   # as given: null where missing
+            raise ModelError(f"observed node {node.name!r}: value {_nan_text(val) if val.ndim else float(val)}"
+                             f"{f' at index {list(idx)}' if idx else ''} {why}")
 
     def factors(self, values: dict[str, Named], nodes=None, sources=None) -> dict[str, Named]:
         """The factor of every node (or of `nodes`), restricted to the current chunk; with
@@ -505,13 +723,15 @@ class Program:
                 own = self.own[name]
                 j = None if sources is None else self._narrow(Named(sources[name], own))
                 q = self.proposal[name]
-                if q is None and set(dims) == set(own):
+                if name in self.enum:   # the exact prior weight of each value (no proposal to divide by)
+                    lp = self._log_prob(node, values, j)
+                elif q is None and set(dims) == set(own):
                     # prior proposal with nothing to mix over: log P - log Q is exactly 0
                     lp = j if j is not None else \
                         Named(torch.zeros([sizes[d] for d in own], dtype=self.dtype, device=self.device), own)
-                elif q is None or self._defends(q):
+                elif q is None or self._defends(q, name):
                     lp = self._log_prob(node, values)
-                    mix = tuple(i for i, d in enumerate(lp.dims) if d in self.kdim.values() and d != self.kdim[name])
+                    mix = tuple(i for i, d in enumerate(lp.dims) if d in self.kdims and d != self.kdim[name])
                     log_q = logsumexp(lp.t, mix, keepdim=True) - len(mix) * math.log(self.K) if mix else lp.t
                     if q is not None:   # Q_MP = (1 - defensive) Q + defensive * (the prior's mixture)
                         log_own = Named(self._narrow_q(q, name).log_prob(values[name].t), own).align(lp.dims, 0)
@@ -586,7 +806,11 @@ class Program:
         if est <= self.memory_budget:
             return None
         best = None
+        reduced = {r[1] for e in self.exprs.values() for x in e.values() for r in x.reductions}
         for plate in sorted(self.plate_sizes, key=lambda p: len(self.model.chain(p))):
+            if plate in self.series.values() or plate in reduced:   # a series' elements are not independent;
+                # a chunk of a plate that pmean/psd reduce would give them part of it only
+                continue
             n = self.plate_sizes[plate]
             if self.memory_estimate({plate: 1}) > self.memory_budget:
                 continue
@@ -647,6 +871,8 @@ class Program:
                     n += sum(size(dims) for dims in st.in_dims) + 2 * size(st.out_dims)
                     if st.removed and st.layout is not None:
                         n += max(size(dims) for dims in st.in_dims)
+                if comp.chain:   # the chain's matrices, their exponentials and the tree's products
+                    n += 3 * size(comp.out_dims)
         return 2 * n * elem
 
 
@@ -735,6 +961,10 @@ def _stat(path: str, key: str) -> int | None:
     return None
 
 
+def _nan_text(a: np.ndarray) -> str:
+    return str([None if np.isnan(x) else float(x) for x in np.ravel(a)][:8])
+
+
 def _np_text(t: torch.Tensor) -> str:
     return str(t.detach().cpu().numpy().round(4).tolist())[:60]
 
@@ -762,6 +992,24 @@ def _permute(v: Named, src: str, kd: str, chain: tuple[str, ...], perm: torch.Te
 
 
 PRIOR_DRAW_ELEMENTS = 1 << 25   # prior draws for the starting Q: at most this many values in all
+ENUMERATE_MAX = 16        # a discrete latent with at most this many values is summed over them by default ...
+ENUMERATE_HARD_MAX = 256  # ... and at most this many when its node asks ("enumerate": true)
+
+
+def support_size(node: Node, model: Model) -> int | None:
+    """Number of values of a Bernoulli, Binomial (constant or data total_count) or
+    Categorical (constant or data probabilities) latent; None where it needs computing."""
+    if node.dist == "Bernoulli":
+        return 2
+    if node.dist == "Binomial":
+        n = node.args.get("total_count", 1)
+        if isinstance(n, str) and n in model.data:
+            n = float(np.nanmax(model.data[n]))
+        return int(n) + 1 if isinstance(n, (int, float, np.floating, np.integer)) and float(n).is_integer() else None
+    v = node.args.get("probs", node.args.get("logits"))
+    if isinstance(v, str) and v in model.data:
+        v = model.data[v]
+    return int(np.shape(v)[-1]) if isinstance(v, (list, np.ndarray)) and np.ndim(v) else None
 
 
 def _winsorised(x: torch.Tensor, tail: float = 0.05) -> torch.Tensor:

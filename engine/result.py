@@ -75,8 +75,10 @@ class Result:
             n = min(max_samples, 2 * n)
         self.warnings = self._warnings()
         self._draws = None
-        self.predictive_log_likelihood = (
-            predictive_log_likelihood(model, self, test_data) if test_data is not None else None)
+        self.prediction = None   # the last Prediction made (predict): its groups join to_dict and to_arviz
+        self.predictive_log_likelihood = None
+        if test_data is not None:
+            self.predict(test_data)
 
     # ---- pooling ---------------------------------------------------------------------
     def _add(self, s) -> None:
@@ -136,7 +138,8 @@ class Result:
     def _warnings(self) -> list[dict]:
         out = []
         K, S = self.K, self.n_samples
-        low = {n: d for n, d in self.latents.items() if (d["ess_per_sample"] < LOW_ESS * K).any()}
+        low = {n: d for n, d in self.latents.items()   # (an enumerated latent's weights are its exact posterior)
+               if n not in self.program.enum and (d["ess_per_sample"] < LOW_ESS * K).any()}
         if low:
             parts = [f"{n} ({_share(d['ess_per_sample'] < LOW_ESS * K)}median ESS "
                      f"{np.median(d['ess_per_sample']):.1f})" for n, d in low.items()]
@@ -191,6 +194,11 @@ class Result:
         """n joint posterior draws pooled over the samples: {latent: (n, *plates, *event)}.
         Each draw picks sample s with probability alpha_s, then a joint draw from its MP
         index posterior. Discrete latents come as integers."""
+        return self.pooled_draws(n, seed)[0]
+
+    def pooled_draws(self, n: int = 1000, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """posterior_samples(n, seed), and for each draw the pooled sample it came from
+        (draws of one sample are correlated: Monte Carlo errors group them by it)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ModelError(f"the number of posterior samples must be a positive integer, got {n!r}")
         rng = np.random.default_rng(seed)
@@ -209,7 +217,7 @@ class Result:
         for i, ps in parts.items():
             x = np.concatenate(ps)[order]
             out[i] = np.rint(x).astype(np.int64) if DISTRIBUTIONS[self.model.node(i).dist].discrete else x
-        return out
+        return out, np.repeat(np.arange(len(counts)), counts)[order]
 
     def draws(self, n: int = 2000) -> dict[str, np.ndarray]:
         """posterior_samples(n), computed once (for the summary and the views)."""
@@ -245,9 +253,10 @@ class Result:
     def to_dict(self) -> dict:
         prog = self.program
         q = {}
-        for name, f in prog.proposal.families.items():
+        for name, f in prog.proposal.families.items():   # "raw" and "event_shape" rebuild it exactly (load)
             q[name] = {"family": "prior"} if f is None else \
-                {"family": f.name, **{k: _np(v).tolist() for k, v in f.params().items()}}
+                {"family": f.name, **{k: _np(v).tolist() for k, v in f.params().items()},
+                 "event_shape": list(f.event_shape), "raw": {k: _np(v).tolist() for k, v in f.raw.items()}}
         doc = {"format": FORMAT, "model": self.model.name, "method": self.method, "K": self.K,
                "seed": self.seed, "device": str(prog.device), "dtype": str(prog.dtype).replace("torch.", ""),
                "n_samples": self.n_samples, "log_marginal": self.log_marginal,
@@ -264,21 +273,107 @@ class Result:
             doc["pareto_khat"] = self.khat
         if prog.params:
             doc["params"] = {f"{n}.{a}": _np(v).tolist() for (n, a), v in prog.params.items()}
-        if self.predictive_log_likelihood is not None:
-            doc["predictive_log_likelihood"] = self.predictive_log_likelihood
+        if self.prediction is not None:
+            doc.update(self.prediction.to_dict())
         return doc
+
+    @classmethod
+    def from_dict(cls, model, doc: dict, device=None, memory_budget=None) -> "Result":
+        """The Result a kn-result/1 document describes, rebuilt from its learned Q and model
+        parameters (no refitting): the same K, method, dtype and seeded pooled samples, so
+        the same estimates (bit for bit on the device it was made on; `device` None: that
+        one where it is available, else auto). `model` is the model it was fitted to."""
+        from .proposal import FAMILIES, Proposal
+        from .program import resolve_dtype
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ModelError(f"a result document must be a JSON object with format {FORMAT!r}")
+        try:
+            K, method, seed, n = int(doc["K"]), str(doc["method"]), int(doc["seed"]), int(doc["n_samples"])
+            q, dtype = doc["proposal"], resolve_dtype(doc.get("dtype", "float32"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"result document: field {str(e)!r} is missing or not a number") from None
+        if not isinstance(q, dict) or set(q) != set(model.latents):
+            raise ModelError(f"result document: its Q is for latents {sorted(q) if isinstance(q, dict) else q}, "
+                             f"but model {model.name!r} has latents {sorted(model.latents)}: it was fitted to "
+                             f"another model")
+        if device is None:
+            device = doc.get("device", "auto")
+            device = device if not str(device).startswith("cuda") or torch.cuda.is_available() else "auto"
+        fams = {}
+        for name, e in q.items():
+            where = f"result document, proposal for {name!r}"
+            if not isinstance(e, dict) or e.get("family") not in ("prior", *FAMILIES):
+                raise ModelError(f"{where}: not a Q family")
+            if e["family"] == "prior":
+                fams[name] = None
+                continue
+            cls_q = FAMILIES[e["family"]]
+            try:
+                if "raw" in e:
+                    raw = {k: torch.as_tensor(v, dtype=dtype) for k, v in e["raw"].items()}
+                    fams[name] = cls_q(raw, tuple(e["event_shape"]))
+                else:   # a document without Q's raw parameters: from the constrained ones
+                    params = {k: torch.as_tensor(e[k], dtype=torch.float64) for k in cls_q.shown}
+                    event = tuple(params[cls_q.shown[0]].shape[len(model.chain(model.node(name).plate)):])
+                    f = cls_q({}, event[:-1] if cls_q.name == "Categorical" else event)
+                    f.set_moments(f.expected_stats(params))
+                    fams[name] = f.cast(dtype)
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise ModelError(f"{where}: cannot rebuild it ({str(err)[:100]})") from None
+        params = {}
+        for key, v in (doc.get("params") or {}).items():
+            node, _, arg = str(key).partition(".")
+            params[(node, arg)] = torch.as_tensor(v, dtype=dtype)
+        prog = Program(model, K, mode="global" if method == "global" else "mp", device=device, dtype=dtype,
+                       proposal=Proposal(fams), params=params, memory_budget=memory_budget,
+                       defensive=DEFENSIVE if method != "is" else 0.0)
+        prog.params = {k: v.to(prog.device) for k, v in prog.params.items()}
+        for f in fams.values():
+            if f is not None:
+                f.raw = {k: v.to(prog.device) for k, v in f.raw.items()}
+        history = doc.get("history") if isinstance(doc.get("history"), dict) else None
+        return cls(model, prog, method=method, seed=seed, history=history, max_samples=max(n, 2), min_samples=n)
+
+    @classmethod
+    def load(cls, model, path, device=None, memory_budget=None) -> "Result":
+        """The Result of a kn-result/1 file (see from_dict)."""
+        from .safeio import MODEL_LIMIT, read_bounded
+        raw = read_bounded(path, MODEL_LIMIT, "result file")
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ModelError(f"result file {str(path)!r}: not a JSON document ({str(e)[:100]})") from None
+        return cls.from_dict(model, doc, device=device, memory_budget=memory_budget)
+
+    def predict(self, data: dict | None = None, draws: int = 1000, seed: int = 0, particles: int = 100,
+                memory_budget=None):
+        """Posterior predictive draws and the predictive log-likelihood of `data` (observed
+        values and covariates by name; None: the training data), whose plates may be larger
+        than in training: see engine.predict. The Prediction is kept (self.prediction) for
+        to_dict and to_arviz."""
+        from .predict import predict
+        self.prediction = predict(self, data, draws=draws, seed=seed, particles=particles,
+                                  memory_budget=memory_budget)
+        self.predictive_log_likelihood = self.prediction.log_likelihood
+        return self.prediction
 
     def save(self, path) -> None:
         """Write the kn-result/1 document atomically: a full disk or a kill leaves the old file whole."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
-    def to_arviz(self, draws: int = 1000, seed: int = 0):
+    def to_arviz(self, draws: int | None = None, seed: int | None = None):
         """Pooled posterior draws as ArviZ InferenceData (one chain). sample_stats holds the
         pooled ESS per latent element; attrs the method, K, the number of pooled samples and
-        log P(data) with its MCSE."""
+        log P(data) with its MCSE. After predict(), draws and seed default to the
+        prediction's, and then the posterior is the draws it used and the groups
+        posterior_predictive, log_likelihood (pointwise, per draw) and observed_data of its
+        data join (with other draws or seed they would not match the posterior: left out)."""
         import arviz as az
         import xarray as xr
         prog = self.program
+        pred = self.prediction
+        draws = draws if draws is not None else (pred.draws if pred is not None else 1000)
+        seed = seed if seed is not None else (pred.seed if pred is not None else 0)
         post = self.posterior_samples(draws, seed)
         coords = {p: np.arange(prog.plate_sizes[p]) for p in self.model.plates}
         dims, data = {}, {}
@@ -291,7 +386,10 @@ class Result:
         posterior = az.dict_to_dataset(data, coords=coords, dims=dims, library=None, attrs=attrs)
         stats = {f"ess_{name}": xr.DataArray(d["ess"], dims=list(prog.chain[name])) for name, d in self.latents.items()}
         sample_stats = xr.Dataset(stats, coords=coords, attrs=attrs)
-        return az.InferenceData(posterior=posterior, sample_stats=sample_stats)
+        groups = {"posterior": posterior, "sample_stats": sample_stats}
+        if pred is not None and (pred.draws, pred.seed) == (draws, seed):
+            groups.update(pred.arviz_groups())
+        return az.InferenceData(**groups)
 
 
 def _warning(kind: str, latents: list[str], message: str) -> dict:
@@ -315,41 +413,6 @@ def global_log_weights(sample) -> np.ndarray:
         t = f.t.detach().double()
         lw = lw + (t.movedim(f.dims.index("K"), 0).reshape(prog.K, -1).sum(1) if "K" in f.dims else t.sum())
     return _np(lw)
-
-
-def predictive_log_likelihood(model, result: Result, test_data: dict, draws: int = 1000, seed: int = 0) -> float:
-    """log of the average, over pooled posterior draws, of the density of held-out observations.
-
-    `test_data` replaces observed values (and covariates). A plate may change size only if
-    no latent lives in it or inside it, since the draws are of the training latents."""
-    test = model.copy()
-    holds_latent = {p for n in model.latents for p in model.chain(model.node(n).plate)}
-    for name, value in test_data.items():
-        if name not in model.data:
-            raise ModelError(f"test data {name!r}: the model has no data of that name")
-        test.set_data(name, value)
-    for name in model.observed:
-        chain = model.chain(model.node(name).plate)
-        shape = np.asarray(test.data[name]).shape
-        for p, n in zip(chain, shape):
-            if n != test.plates[p].size:
-                if p in holds_latent:
-                    raise ModelError(f"test data {name!r}: plate {p!r} holds latents, so its size must stay "
-                                     f"{test.plates[p].size} (got {n})")
-                test.resize_plate(p, int(n))
-    src = result.program
-    post = result.posterior_samples(draws, seed)
-    prog = Program(test, draws, mode="global", device=src.device, dtype=src.dtype, params=src.params)
-    values = {n: Named(torch.as_tensor(post[n], dtype=prog.dtype, device=prog.device), ("K", *prog.chain[n]))
-              for n in prog.latents}
-    total = torch.zeros(draws, dtype=prog.dtype, device=prog.device)
-    with torch.no_grad():
-        for node in prog.nodes:
-            if node.kind == "observed":
-                lp = prog._log_prob(node, values)
-                lp = lp.expand_to(("K", *[d for d in lp.dims if d != "K"]), {**prog.sizes, "K": draws})
-                total = total + lp.reshape(draws, -1).sum(-1)
-    return float(torch.logsumexp(total, 0) - math.log(draws))
 
 
 def _np(t) -> np.ndarray:

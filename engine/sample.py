@@ -179,7 +179,9 @@ def _backtrace(levels, trace, assign, n, gen, prog) -> None:
     """Walk contraction steps backwards (outer levels first), drawing each step's summed
     indices given those already drawn; adds them to `assign`."""
     for level, lvl_trace in zip(reversed(levels), reversed(trace)):
-        for comp, steps in zip(level.components, lvl_trace):
+        for comp, (steps, matrices) in zip(level.components, lvl_trace):
+            if comp.chain:   # the chain's indices first: they were summed last
+                _sample_chain(_take(matrices, assign, prog.rank), comp.chain, level.plate, assign, n, gen, prog)
             for st, ins in reversed(list(zip(comp.steps, steps))):
                 if not st.removed:
                     continue
@@ -196,6 +198,38 @@ def _backtrace(levels, trace, assign, n, gen, prog) -> None:
                 for d in reversed(st.removed):
                     assign[d] = Named(k % prog.sizes[d], batch)
                     k = k // prog.sizes[d]
+
+
+def _sample_chain(res: Named, chain, plate: str, assign, n, gen, prog) -> None:
+    """Exact joint draws of a chain's indices given the outer ones already drawn (in `res`,
+    with a leading draw dim): forward filtering, then sampling backwards, element by element."""
+    from .contract import chain_matrices
+    batch, M, M0 = chain_matrices(res, chain, plate)   # batch starts with "draw" (size 1 if nothing outer was drawn)
+    M, M0 = M.expand(M.shape[0], n, *M.shape[2:]), M0.expand(n, *M0.shape[1:])
+    init = chain[0][2] if len(chain) == 1 else None
+    if init is not None:   # the first element's previous index is the init latent's, drawn already
+        first = assign[init].align(batch, 0).expand(M0.shape[:-2])
+        v0 = torch.gather(M0, -1, first[..., None, None].expand(*M0.shape[:-1], 1)).squeeze(-1)
+    else:
+        first, v0 = torch.zeros(M0.shape[:-2], dtype=torch.long, device=M0.device), M0[..., 0]
+    alphas = [v0]
+    for t in range(M.shape[0]):                       # alpha_t[i] = logsumexp_j M_t[i, j] + alpha_{t-1}[j]
+        alphas.append(torch.logsumexp(M[t] + alphas[-1].unsqueeze(-2), -1))
+
+    def draw(logits):
+        u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=logits.dtype)
+        return (logits - torch.log(-torch.log(u.clamp_min(1e-30)))).argmax(-1)   # Gumbel-max
+    k = [draw(alphas[-1])]
+    for t in range(M.shape[0] - 1, -1, -1):           # k_{t} given k_{t+1}: alpha_t[j] + M_{t+1}[k_{t+1}, j]
+        row = torch.gather(M[t], -2, k[-1][..., None, None].expand(*k[-1].shape, 1, M.shape[-1])).squeeze(-2)
+        k.append(draw(alphas[t] + row))
+    state = torch.stack(k[::-1], -1)                  # (*batch, T): each element's flattened state
+    dims = (*batch, plate)
+    prev_state = torch.cat([first.unsqueeze(-1), state[..., :-1]], -1)
+    for (cur, prev, _) in reversed(chain):            # unflatten, last dim fastest
+        size = prog.sizes[cur]
+        assign[cur], assign[prev] = Named(state % size, dims), Named(prev_state % size, dims)
+        state, prev_state = state // size, prev_state // size
 
 
 def _take(x: Named, assign: dict[str, Named], rank) -> Named:

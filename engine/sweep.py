@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
-from .fit import METHODS
 
 FORMAT = "kn-sweep/1"
 SETTINGS = ("iters", "lr", "device", "dtype")
@@ -43,7 +42,7 @@ TIMING = ("seconds", "seconds_per_iter", "worker")   # fields that differ betwee
 
 # ---- one cell ------------------------------------------------------------------------------
 def run_cell(model_doc: dict, method: str, K: int, seed: int, iters: int, lr: float = 0.03,
-             device: str = "auto", dtype: str = "float32", label: str | None = None) -> dict:
+             device: str = "auto", dtype: str | None = None, label: str | None = None) -> dict:
     """Fit one cell in this process and return its row (raises ModelError on a bad cell)."""
     from .fit import Fitter
     from .model import Model
@@ -124,6 +123,7 @@ def parse_list(text: str, what: str, cast=int) -> list:
 
 def grid(labels, methods, Ks, seeds) -> list[tuple]:
     """The cells (label, method, K, seed), in a stable order."""
+    from .fit import METHODS   # (here, not at the top: `kn --help` must not wait for torch)
     methods = list(dict.fromkeys(methods))
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -213,6 +213,7 @@ def _resume(out, settings: dict, docs: dict) -> dict:
 
 
 def _sort(doc: dict) -> None:
+    from .fit import METHODS
     order = {m: i for i, m in enumerate(METHODS)}
     doc["rows"].sort(key=lambda r: (r["model"], order.get(r["method"], 99), r["K"], r["seed"]))
 
@@ -275,7 +276,7 @@ def describe(client) -> str:
 
 # ---- the sweep ----------------------------------------------------------------------------------
 def run_sweep(models, methods=("qem", "rws", "is"), Ks=(3, 10, 30, 100), seeds=(0, 1, 2), iters: int = 100,
-              out=None, *, lr: float = 0.03, device: str = "auto", dtype: str = "float32", scheduler=None,
+              out=None, *, lr: float = 0.03, device: str = "auto", dtype: str | None = None, scheduler=None,
               n_workers: int | None = None, progress=None, stop: threading.Event | None = None) -> dict:
     """Run every cell of the grid not already in `out` and return the kn-sweep/1 document.
 
@@ -379,13 +380,14 @@ def add_subcommand(sub) -> None:
     """Register `kn sweep` on the kn command's subparsers."""
     p = sub.add_parser("sweep", help="a method x K x seed grid over models, each cell a task on Dask")
     p.add_argument("models", nargs="+", metavar="MODEL", help="kn-model/1 JSON files (rows name them by file stem)")
-    p.add_argument("--methods", default="qem,rws,is", help=f"comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--methods", default="qem,rws,is", help="comma-separated: is, qem, rws, vi, global")
     p.add_argument("--K", default="3,10,30,100", help="comma-separated particle counts")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--iters", type=int, default=100, help="iterations per cell")
     p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate for rws, vi, global")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (as each worker sees it)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="default: each model file's dtype, else float32")
     p.add_argument("--out", required=True, help="the kn-sweep/1 file, rewritten as cells finish; an existing one "
                                                 "is resumed (its cells are skipped)")
     p.add_argument("--scheduler", help="a Dask scheduler address (tcp://HOST:8786); default: an embedded "

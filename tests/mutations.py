@@ -42,7 +42,8 @@ JUNK = [None, True, False, 0, -1, 1.5, -2.5, 1e39, -1e39, 1e-50, 10 ** 310, 2 **
         -float("inf"), "", "x", "a b", "\u0000", "\u202emu", "𝖒𝖚", "<img src=x onerror=alert(1)>", "1" * 310,
         "-" * 1000 + "x", "(" * 60 + "x" + ")" * 60, "x" * 3000, "__import__('os')", [], [1], ["a"], [1, [2]],
         [[1, 2], [3]], [None], {}, {"param": "x"}, {"param": -1}, {"a": 1}, [[[[[]]]]], {"dist": "Normal"},
-        "prior", "Normal", "counties", 3, "3", [3.5], [0], [-1], [3], 1e308]
+        "prior", "Normal", "counties", 3, "3", [3.5], [0], [-1], [3], 1e308, "float64", "float16", "HalfStudentT",
+        "where(x, 1)", "pmean(mu, 'groups')", "cumsum(mu)", "mu < 1 < 2"]
 
 
 class RandomChooser:
@@ -168,7 +169,7 @@ def mutate_once(doc, chooser) -> str:
         parent[new] = parent.pop(key)
         return f"rename {where} -> {new!r}"
     if kind == "add_key":
-        new = chooser.choice([_typo(key, chooser), "in", "inn", "Plate", "shape", "init", "extra"])
+        new = chooser.choice([_typo(key, chooser), "in", "inn", "Plate", "shape", "init", "extra", "dtype"])
         if new not in parent:
             parent[new] = copy.deepcopy(v) if chooser.choice([0, 1]) else chooser.junk()
             return f"add {'/'.join(map(str, path[:-1]))}/{new}"
@@ -185,7 +186,9 @@ def mutate_once(doc, chooser) -> str:
     if kind == "string":
         new = chooser.choice([v + "x", v.upper(), "", "".join(BOLD.get(c, c) for c in v), v + " ", "\u202e" + v,
                               v * 300, "<script>alert(1)</script>", v + " + 1e39", v + " ** 1e5",
-                              "-" * 400 + v, v + "[99]", f"log({v})", f"-({v})", f"{v} - 1000"])
+                              "-" * 400 + v, v + "[99]", f"log({v})", f"-({v})", f"{v} - 1000",
+                              f"where({v} > 0, {v}, -{v})", f"cumsum({v})", f"({v} <= 1) * {v}",
+                              f"pmean({v}, 'obs')", f"psd({v}, \"groups\", {v})", f"where({v})"])
         parent[key] = new
         return f"{where}: {_brief(v)} -> {_brief(new)}"
     new = chooser.choice(_other_names(doc))
@@ -227,7 +230,7 @@ def _canonical(doc) -> dict:
     out["data"] = nulls(d.get("data", {}))
     out["data_plates"] = d.get("data_plates", {})
     out["proposal"] = {k: ({"dist": "prior"} if v == "prior" else v) for k, v in d.get("proposal", {}).items()}
-    for k in ("exact", "layout", "qem"):
+    for k in ("exact", "layout", "qem", "dtype"):
         if k in d:
             out[k] = d[k]
     return nulls(out)

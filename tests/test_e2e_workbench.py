@@ -1,8 +1,9 @@
 """End to end: `kn serve` in a subprocess, driven by Playwright in Debian's chromium.
 
 Load an example, add a node and draw an edge on the canvas, run QEM for a few
-iterations (the ELBO gets points, the ESS view changes), save the model and reopen it.
-Screenshots go to /tmp/wb_e2e_*.png.
+iterations (the ELBO gets points, the ESS view changes), save the model into the
+workspace and reopen it; a refused edge does not stay drawn; the page logs no errors.
+Screenshots go to /tmp/wb_e2e_*.png. The security cases are in test_e2e_security.py.
 """
 from __future__ import annotations
 
@@ -27,26 +28,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_cmd(port: int) -> list[str]:
+def _server_cmd(port: int, workspace) -> list[str]:
+    """`kn serve` as installed (the workbench registers it), on a port, in a workspace."""
     kn = Path(sys.executable).parent / "kn"
-    if kn.exists():
-        return [str(kn), "serve", "--port", str(port)]
-    return [sys.executable, "-m", "workbench", "--port", str(port)]
+    cmd = [str(kn)] if kn.exists() else [sys.executable, "-m", "engine.cli"]
+    return cmd + ["serve", "--port", str(port), "--workspace", str(workspace)]
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(workspace, log_path: str):
+    """A served app on a free port: (process, url, log file)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    log = open("/tmp/wb_e2e_server.log", "w")
-    proc = subprocess.Popen(_server_cmd(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(log_path, "w")
+    proc = subprocess.Popen(_server_cmd(port, workspace), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the server exited: {Path('/tmp/wb_e2e_server.log').read_text()[-2000:]}")
+            pytest.fail(f"the server exited: {Path(log_path).read_text()[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
@@ -55,7 +56,10 @@ def server():
     else:
         proc.kill()
         pytest.fail("the server did not start within 90 s")
-    yield url
+    return proc, url, log
+
+
+def stop_server(proc, log):
     proc.terminate()
     try:
         proc.wait(10)
@@ -65,14 +69,40 @@ def server():
 
 
 @pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    proc, url, log = start_server(workspace, "/tmp/wb_e2e_server.log")
+    yield url
+    stop_server(proc, log)
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
+                                                            "--disable-background-networking"])
+
+
+def open_page(browser, url, errors: list):
+    """A page at 1400x900 on the app, its console errors and page errors collected."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 900})
+    pg.set_default_timeout(60_000)
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(url)
+    return pg
+
+
+@pytest.fixture(scope="module")
 def page(server):
     from playwright.sync_api import sync_playwright
+    errors: list = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
-                                                                   "--disable-background-networking"])
-        pg = browser.new_page(viewport={"width": 1500, "height": 1200})
-        pg.set_default_timeout(60_000)
-        pg.goto(server)
+        browser = launch(p)
+        pg = open_page(browser, server, errors)
+        pg.wb_errors = errors
         yield pg
         browser.close()
 
@@ -96,6 +126,33 @@ def _wait_text(page, selector, needle, timeout=60):
     raise AssertionError(f"{selector!r} never showed {needle!r}; last: {last!r}")
 
 
+def _wait_value(page, selector, needle, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        if page.locator(selector).first.input_value() == needle:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{selector!r} never held {needle!r}")
+
+
+def _drag_edge(pg, parent, child):
+    """Drag from parent's source handle to child's target handle, once the canvas is still."""
+    last = None
+    for _ in range(40):
+        box = pg.locator(f'.react-flow__node[data-id="{parent}"]').bounding_box()
+        if box == last:
+            break
+        last = box
+        time.sleep(0.25)
+    src = pg.locator(f'.react-flow__node[data-id="{parent}"] .react-flow__handle.source').bounding_box()
+    dst = pg.locator(f'.react-flow__node[data-id="{child}"] .react-flow__handle.target').bounding_box()
+    pg.mouse.move(src["x"] + src["width"] / 2, src["y"] + src["height"] / 2)
+    pg.mouse.down()
+    pg.mouse.move((src["x"] + dst["x"]) / 2, (src["y"] + dst["y"]) / 2, steps=8)
+    pg.mouse.move(dst["x"] + dst["width"] / 2, dst["y"] + dst["height"] / 2, steps=8)
+    pg.mouse.up()
+
+
 def _tab(page, title):
     page.locator(".bk-tab", has_text=title).first.click()
 
@@ -106,7 +163,7 @@ def _fill(page, css, value):
     box.press("Enter")
 
 
-def test_build_run_save_reload(page, tmp_path):
+def test_build_run_save_reload(page, workspace):
     pg = page
     pg.locator(".react-flow__node-latent").first.wait_for()
     pg.screenshot(path="/tmp/wb_e2e_0_start.png", full_page=True)
@@ -115,7 +172,7 @@ def test_build_run_save_reload(page, tmp_path):
     example = pg.locator(".wb-example select").first
     example.select_option("hierarchical_gaussian")
     pg.get_by_role("button", name="Load example").click()
-    _wait_text(pg, ".wb-title", "hierarchical_gaussian")
+    _wait_value(pg, ".wb-model-name input", "hierarchical_gaussian")
     pg.locator('.react-flow__node[data-id="mu"]').wait_for()
     n_latent = len(pg.locator(".react-flow__node-latent").all())
 
@@ -125,15 +182,21 @@ def test_build_run_save_reload(page, tmp_path):
     node = pg.locator('.react-flow__node[data-id="z1"]')
     node.wait_for()
     assert len(pg.locator(".react-flow__node-latent").all()) == n_latent + 1
-    src = node.locator(".react-flow__handle.source").bounding_box()
-    dst = pg.locator('.react-flow__node[data-id="mu"] .react-flow__handle.target').bounding_box()
-    pg.mouse.move(src["x"] + src["width"] / 2, src["y"] + src["height"] / 2)
-    pg.mouse.down()
-    pg.mouse.move((src["x"] + dst["x"]) / 2, (src["y"] + dst["y"]) / 2, steps=8)
-    pg.mouse.move(dst["x"] + dst["width"] / 2, dst["y"] + dst["height"] / 2, steps=8)
-    pg.mouse.up()
+    _drag_edge(pg, "z1", "mu")
     _wait_text(pg, ".wb-alert-info", "Edge z1 → mu")
     pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for(state="attached")
+
+    # refused gestures leave the canvas as the model is: a cycle, and deleting a used node
+    _drag_edge(pg, "z", "mu")
+    _wait_text(pg, ".wb-alert-danger", "cycle")
+    time.sleep(1)
+    assert pg.locator('.react-flow__edge[data-id="z->mu"]').count() == 0
+    pg.locator('.react-flow__node[data-id="mu"]').click()
+    pg.keyboard.press("Delete")
+    _wait_text(pg, ".wb-alert-danger", "used by")
+    time.sleep(1)
+    pg.locator('.react-flow__node[data-id="mu"]').wait_for()
+    pg.locator('.react-flow__edge[data-id="mu->z"]').wait_for(state="attached")
     pg.screenshot(path="/tmp/wb_e2e_1_edge.png", full_page=True)
 
     # run QEM for a few iterations
@@ -152,19 +215,36 @@ def test_build_run_save_reload(page, tmp_path):
     _tab(pg, "Posterior")
     pg.screenshot(path="/tmp/wb_e2e_4_posterior.png", full_page=True)
 
-    # save, start afresh, reopen
-    path = tmp_path / "built.json"
-    _fill(pg, ".wb-path", path)
+    # save into the workspace, start afresh, reopen from the list
+    _fill(pg, ".wb-save-name", "built")
     pg.get_by_role("button", name="Save", exact=True).click()
     _wait_text(pg, ".wb-alert-success", "Saved")
-    doc = json.loads(path.read_text())
+    doc = json.loads((workspace / "built.json").read_text())
     nodes = {n["name"]: n for n in doc["nodes"]}
     assert nodes["z1"]["kind"] == "latent" and "z1" in str(nodes["mu"]["args"])
     pg.get_by_role("button", name="New model").click()
     _wait_text(pg, ".wb-title", "0 latent")
+    pg.locator(".wb-files select").first.select_option("built.json")
     pg.get_by_role("button", name="Open", exact=True).click()
     _wait_text(pg, ".wb-alert-success", "Opened")
     time.sleep(3)
     pg.screenshot(path="/tmp/wb_e2e_5_reloaded.png", full_page=True)
     pg.locator('.react-flow__node[data-id="z1"]').wait_for()
     pg.locator('.react-flow__edge[data-id="z1->mu"]').wait_for(state="attached")
+    assert not pg.wb_errors, pg.wb_errors[:5]       # no console errors all along (the jsoneditor ones)
+
+
+def test_a_refresh_offers_the_unsaved_model_back(page):
+    pg = page
+    pg.get_by_role("button", name="+ Latent").click()
+    name = pg.locator(".wb-node-name input").first.input_value()
+    pg.get_by_role("button", name="Apply").click()
+    pg.locator(f'.react-flow__node[data-id="{name}"]').wait_for()
+    time.sleep(1)
+    pg.reload()                                                  # the tab is refreshed: a new session
+    _wait_text(pg, ".wb-restore-text", "Unsaved work")
+    assert pg.locator(f'.react-flow__node[data-id="{name}"]').count() == 0
+    pg.get_by_role("button", name="Restore it").click()
+    pg.locator(f'.react-flow__node[data-id="{name}"]').wait_for()
+    _wait_text(pg, ".wb-alert-success", "Restored")
+    assert not pg.wb_errors, pg.wb_errors[:5]

@@ -312,7 +312,7 @@ def test_cli_defaults_and_auto_K(tmp_path):
 
 # ---- defaults land the gallery on its references --------------------------------------------
 REFERENCED = ["hierarchical_gaussian", "eight_schools_centered", "eight_schools_noncentered", "radon", "seeds",
-              "occupancy"]
+              "occupancy", "nile"]
 
 
 @pytest.mark.slow

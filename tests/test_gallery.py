@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "assets"))
 import make_models  # noqa: E402
 
 GALLERY = ["radon", "hierarchical_gaussian", "eight_schools_centered", "eight_schools_noncentered", "seeds",
-           "occupancy"]
+           "occupancy", "nile"]
 
 
 def test_gallery_lists_the_models():
@@ -138,7 +138,7 @@ def test_exact_posterior_refuses_other_models():
 
 
 # ---- stored references -----------------------------------------------------------------------------
-REFERENCED = ["eight_schools_centered", "eight_schools_noncentered", "radon", "seeds", "occupancy"]
+REFERENCED = ["eight_schools_centered", "eight_schools_noncentered", "radon", "seeds", "occupancy", "nile"]
 
 
 @pytest.mark.parametrize("name", REFERENCED)

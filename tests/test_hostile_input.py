@@ -127,6 +127,17 @@ def test_mutated_gallery_documents_load_and_run_or_name_the_fault(data):
     (lambda d: d.update(qem={"powr": 0.6}), ["field 'qem'", "unknown field 'powr'"]),
     (lambda d: d.update(layout={"mu": [1]}), ["field 'layout'", "'mu'"]),
     (lambda d: d.update(exact=[1]), ["field 'exact' must be an object"]),
+    (lambda d: d.update(dtype="float16"), ["field 'dtype' must be \"float32\" or \"float64\""]),
+    (lambda d: d.update(dtype=64), ["field 'dtype'"]),
+    (lambda d: node(d, "z")["args"].update(loc="pmean(mu, 'obs')"), ["node 'z', argument 'loc'", "'mu' is a latent"]),
+    (lambda d: node(d, "z")["args"].update(loc="mu + pmean(mu, 'nope')"), ["node 'z', argument 'loc'",
+                                                                          "plate 'nope', which does not exist"]),
+    (lambda d: node(d, "z")["args"].update(loc="where(mu, 1)"), ["node 'z', argument 'loc'", "three arguments"]),
+    (lambda d: node(d, "z")["args"].update(loc="cumsum(mu)"), ["node 'z', argument 'loc'", "axis -1 is out of range"]),
+    (lambda d: node(d, "z")["args"].update(loc="mu in mu"), ["node 'z', argument 'loc'", "comparison In"]),
+    (lambda d: node(d, "x").update(shape=[4]), ["data 'x' has shape [] per plate element", "shape [4]"]),
+    (lambda d: node(d, "mu").update(dist="HalfStudentT", args={"df": 0, "scale": 1}),
+     ["node 'mu', argument 'df'", "HalfStudentT needs df > 0"]),
 ])
 def test_every_field_is_type_checked_at_load(change, needles):
     d = hg()

@@ -35,4 +35,8 @@ def test_notebook_runs(path, monkeypatch):
     client.execute()      # raises CellExecutionError, with the cell and traceback, on any error
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    shown = "".join(v for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                    for v in (o.get("data") or {}).values() if isinstance(v, str))
+    for cdn in ("https://cdn.bokeh.org/bokeh/release", "https://cdn.holoviz.org/panel/"):
+        assert cdn not in shown, f"{path.name} loads code from {cdn}: it would not render offline"
     print(f"{path.name}: {time.time() - start:.0f} s")

@@ -100,7 +100,10 @@ def test_a_cell_gives_the_same_row_on_either_worker(client):
 
 def test_a_failing_cell_is_reported_and_the_others_finish(client, tmp_path, capsys):
     out = tmp_path / "s.json"
-    rc = cli.main(["sweep", HG, OCC, "--methods", "qem,vi", "--K", "3", "--seeds", "0", "--iters", "3",
+    occ = json.loads(Path(OCC).read_text())          # z sampled, not enumerated: VI cannot take it
+    next(n for n in occ["nodes"] if n["name"] == "z")["enumerate"] = False
+    (tmp_path / "occupancy.json").write_text(json.dumps(occ))
+    rc = cli.main(["sweep", HG, str(tmp_path / "occupancy.json"), "--methods", "qem,vi", "--K", "3", "--seeds", "0", "--iters", "3",
                    "--out", str(out), "--scheduler", client.scheduler.address])
     assert rc == 1
     doc = sw.load(out)

@@ -10,6 +10,7 @@ import pytest
 from engine import Model
 from workbench import data as D
 from workbench import exact as E
+from workbench import files as F
 from workbench import views as V
 from workbench.forms import format_arg, parse_arg, parse_shape
 
@@ -162,23 +163,39 @@ def test_elbo_figure_overlays_runs():
     src = fig.select_one({"name": "QEM", "type": ColumnDataSource})
     assert list(src.data["elbo"]) == [-5, -4, -3.5] and list(src.data["iteration"]) == [1, 2, 3]
     assert [item.label.value for item in fig.legend[0].items] == ["QEM", "RWS"]
+    assert fig.legend[0] in fig.right                        # beside the plot, off the curves
     assert V.elbo_figure([]) is not None
     from bokeh.models import Span
     ref = V.elbo_figure({"QEM": [-5, -4]}, reference=-3.9)
     assert [sp.location for sp in ref.select({"type": Span}) if sp.name == "exact"] == [-3.9]
 
 
+def test_elbo_range_is_readable():
+    early = [-80000.0, -900.0] + [-10.0 - 1.0 / i for i in range(1, 19)]   # a first step far below the rest
+    lo, hi = V.elbo_range({"QEM": early, "VI": [-12.0, -11.0]})
+    assert -13 < lo < -12 and -10 < hi < -9.5                    # the later points fill the plot
+    fig = V.elbo_figure({"QEM": early})
+    assert fig.y_range.start > -12 and fig.y_range.end < -9
+    assert V.elbo_range({}) is None and V.elbo_range({"a": [-3.0]}) == pytest.approx((-4.0, -2.0))
+
+
 # ---- posterior -------------------------------------------------------------------------------
-class _Result:      # what posterior_view needs from engine.result.Result
-    def __init__(self, sample, model):
-        self.sample, self.model = sample, model
+def test_safe_html_escapes_everything_it_does_not_mark_up():
+    out = V.safe_html('**bold** `code` <img src=x onerror="alert(1)"> & "q"\nnext')
+    assert out == ('<b>bold</b> <code>code</code> &lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; '
+                   '&quot;q&quot;<br>next')
+    assert "<script" not in V.safe_html("**<script>alert(1)</script>**")
+
+
+def _result(model, K=20, seed=0):
+    from engine.fit import Fitter
+    return Fitter(model, "is", K=K, seed=seed).result()
 
 
 def test_posterior_view_and_exact_overlay():
     from bokeh.models import GlyphRenderer
     m = conjugate_model()
-    s = m.sample(K=20, seed=0)
-    r = _Result(s, m)
+    r = _result(m)
     ex = E.gaussian_hierarchy(m)
     names = ["mu", "z[1]"]
     grid = V.posterior_view(r, names, exact=ex, draws=300)
@@ -194,6 +211,22 @@ def test_posterior_view_and_exact_overlay():
     with pytest.raises(ValueError, match="no latent"):
         V.posterior_view(r, ["nope"], draws=10)
     assert V.posterior_names(m) == ["mu", "z[0]", "z[1]", "z[2]", "z[3]"]
+    assert f.legend[0] in f.below                            # under the plot, off the data
+
+
+def test_a_discrete_latent_is_drawn_as_bars():
+    from bokeh.models import GlyphRenderer
+    m = Model.from_dict({"format": "kn-model/1", "name": "coin",
+                         "nodes": [{"name": "c", "kind": "latent", "dist": "Bernoulli", "args": {"probs": 0.3}},
+                                   {"name": "x", "kind": "observed", "dist": "Normal",
+                                    "args": {"loc": "c * 2", "scale": 1}}],
+                         "data": {"x": 1.5}})
+    r = _result(m)
+    fig = V.posterior_view(r, ["c"], draws=400).children[0][0]
+    bars = fig.select_one({"name": "bars", "type": GlyphRenderer})
+    assert bars is not None and fig.select_one({"name": "kde", "type": GlyphRenderer}) is None
+    xs, tops = list(bars.data_source.data["x"]), list(bars.data_source.data["top"])
+    assert set(xs) <= {0, 1} and sum(tops) == pytest.approx(1.0) and fig.yaxis[0].axis_label == "probability"
 
 
 def test_exact_pdf_forms():
@@ -209,8 +242,15 @@ def test_summary_table_from_a_run():
     from engine.fit import Fitter
     f = Fitter(conjugate_model(), "qem", K=5, seed=0)
     list(f.run(2))
-    table = V.summary_table(V.posterior_draws(f.result(), 200))
-    assert {"mu", "z[0]", "z[3]"} <= set(table.index) and "mean" in table.columns
+    r = f.result()
+    table = V.summary_table(r)
+    assert {"mu", "z[0]", "z[3]"} <= set(table.index)
+    assert list(table.columns) == ["mean", "mcse_mean", "sd", "mcse_sd", "hdi_3%", "hdi_97%", "ess"]
+    row = next(x for x in r.summary() if x["name"] == "z[3]")
+    err = row["mcse_mean"]
+    assert abs(table.loc["z[3]", "mean"] - row["mean"]) <= err and table.loc["z[3]", "mcse_mean"] == float(f"{err:.2g}")
+    digits = len(f"{table.loc['z[3]', 'mean']}".split(".")[1]) if "." in f"{table.loc['z[3]', 'mean']}" else 0
+    assert 10 ** -digits >= err / 100                           # no digits beyond what the MCSE supports
 
 
 def test_exact_gaussian_hierarchy_matches_a_brute_force_solution():
@@ -231,15 +271,15 @@ def test_exact_gaussian_hierarchy_matches_a_brute_force_solution():
 
 # ---- data and form helpers -------------------------------------------------------------------
 def test_uploads_and_group_padding():
-    cols = D.read_upload("d.csv", b"value,group,name\n1.5,0,a\n2.5,1,b\n3.5,0,c\n")
+    cols = F.data_from_upload("d.csv", b"value,group,name\n1.5,0,a\n2.5,1,b\n3.5,0,c\n")
     assert set(cols) == {"value", "group"} and cols["group"].dtype.kind == "i"
     padded = D.group_pad(cols["value"], cols["group"])
     assert padded.shape == (2, 2) and padded[0].tolist() == [1.5, 3.5] and np.isnan(padded[1, 1])
     buf = io.BytesIO()
     np.savez(buf, y=np.arange(3.0))
-    assert D.read_upload("d.npz", buf.getvalue())["y"].tolist() == [0, 1, 2]
+    assert F.data_from_upload("d.npz", buf.getvalue())["y"].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="csv or .npz"):
-        D.read_upload("d.xlsx", b"")
+        F.data_from_upload("d.xlsx", b"")
     assert "eight schools" in D.bundled() and D.bundled()["seeds"]()["r"].shape == (21,)
     radon = D.bundled()["radon (Minnesota, from ArviZ)"]()
     assert radon["log_radon"].shape == (919,) and D.group_pad(radon["log_radon"], radon["county"]).shape == (85, 116)

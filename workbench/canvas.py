@@ -7,18 +7,21 @@ move, delete) that the app turns into model edits.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 
 from .views import OBSERVED_FILL, _graphviz_pure, ess_colour, plate_diagram_dot
 
-NODE_W, NODE_H = 170, 40
+NODE_W, NODE_H = 170, 44
 PAD, LABEL = 18, 26
+EMPTY_PLATE = (NODE_W + 2 * PAD, NODE_H + 2 * PAD + LABEL)   # the box of a plate with nothing in it yet
 
 STYLES = """
 .react-flow__node-latent, .react-flow__node-observed {
   border: 1.5px solid #333; border-radius: 23px; box-shadow: 0 1px 2px rgba(0,0,0,.15);
-  font-size: 12.5px; color: #111; width: 170px; height: 40px; text-align: center; white-space: nowrap;
+  font-size: 12px; line-height: 1.2; color: #111; width: 170px; height: 44px; text-align: center;
+  white-space: pre-line; overflow: hidden; text-overflow: ellipsis;
 }
 .react-flow__node-latent { background: #ffffff; }
 .react-flow__node-observed { background: #c8c8c8; }
@@ -26,7 +29,7 @@ STYLES = """
   border-color: #1f6feb; box-shadow: 0 0 0 3px rgba(31,111,235,.35);
 }
 .react-flow__node-latent .rf-node-content, .react-flow__node-observed .rf-node-content {
-  min-width: 0; padding: 10px 8px 0 8px;
+  min-width: 0; padding: 4px 8px 0 8px;
 }
 .react-flow__node-latent .rf-node-label, .react-flow__node-observed .rf-node-label { margin: 0 !important; }
 .react-flow__node-plate {
@@ -80,9 +83,10 @@ def auto_layout(model) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def free_spot(pos: dict, boxes: dict | None = None) -> tuple[float, float]:
-    """The first grid cell, scanning rows inside (then below) what is drawn, that
-    overlaps no node and no plate box."""
+def free_spot(pos: dict, boxes: dict | None = None, size: tuple = (NODE_W, NODE_H)) -> tuple[float, float]:
+    """The top-left corner of the first grid cell, scanning rows inside (then below) what
+    is drawn, where a `size` rectangle overlaps no node and no plate box."""
+    w, h = size
     rects = [(x, y, x + NODE_W, y + NODE_H) for k, (x, y) in pos.items() if not k.startswith("plate:")]
     rects += list((boxes or {}).values())
     if not rects:
@@ -91,29 +95,35 @@ def free_spot(pos: dict, boxes: dict | None = None) -> tuple[float, float]:
     x1, y1 = max(r[2] for r in rects), max(r[3] for r in rects)
     step_x, step_y = NODE_W + 30, NODE_H + 30
     y = y0
-    while True:
+    while y <= y1 + 10 * step_y:
         x = x0
-        while x + NODE_W <= max(x1, x0 + NODE_W):
-            if not any(x < r[2] + 10 and x + NODE_W > r[0] - 10 and y < r[3] + 10 and y + NODE_H > r[1] - 10
-                       for r in rects):
+        while x + w <= max(x1, x0 + w):
+            if not any(x < r[2] + 10 and x + w > r[0] - 10 and y < r[3] + 10 and y + h > r[1] - 10 for r in rects):
                 return (x, y)
             x += step_x
         y += step_y
-        if y > y1 + 10 * step_y:
-            return (x0, y1 + 30)
+    return (x0, y1 + 30)
 
 
-def fit_viewport(model, pos: dict, width: int = 860, height: int = 480) -> dict:
-    """A React Flow viewport showing everything drawn in a width x height canvas."""
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def misdrawn(model, pos: dict) -> bool:
+    """True if the drawing says something the model does not: a plate's box covers a
+    node outside that plate, or the boxes of two plates that do not nest overlap."""
     boxes = plate_boxes(model, pos)
-    rects = [(x, y, x + NODE_W, y + NODE_H) for k, (x, y) in pos.items() if k in model.graph]
-    rects += list(boxes.values())
-    if not rects:
-        return {"x": 0, "y": 0, "zoom": 1}
-    x0, y0 = min(r[0] for r in rects), min(r[1] for r in rects)
-    x1, y1 = max(r[2] for r in rects), max(r[3] for r in rects)
-    zoom = max(0.2, min(1.0, (width - 40) / (x1 - x0 + 1), (height - 40) / (y1 - y0 + 1)))
-    return {"x": 20 - x0 * zoom, "y": 20 - y0 * zoom, "zoom": zoom}
+    for n in model.graph:
+        if n not in pos:
+            continue
+        x, y = pos[n]
+        rect, chain = (x, y, x + NODE_W, y + NODE_H), model.chain(model.node(n).plate)
+        if any(p not in chain and _overlap(rect, b) for p, b in boxes.items()):
+            return True
+    for p, q in itertools.combinations(boxes, 2):
+        if p not in model.chain(q) and q not in model.chain(p) and _overlap(boxes[p], boxes[q]):
+            return True
+    return False
 
 
 def plate_boxes(model, pos: dict, exclude: str | None = None) -> dict[str, tuple[float, float, float, float]]:
@@ -133,15 +143,17 @@ def plate_boxes(model, pos: dict, exclude: str | None = None) -> dict[str, tuple
         else:
             key = f"plate:{p}"
             if key not in pos:
-                pos[key] = free_spot({k: v for k, v in pos.items() if not k.startswith("plate:")}, boxes)
+                pos[key] = free_spot({k: v for k, v in pos.items() if not k.startswith("plate:")}, boxes,
+                                     size=EMPTY_PLATE)
             x, y = pos[key]
-            boxes[p] = (x, y, x + NODE_W + 2 * PAD, y + NODE_H + 2 * PAD + LABEL)
+            boxes[p] = (x, y, x + EMPTY_PLATE[0], y + EMPTY_PLATE[1])
     return boxes
 
 
-def plate_at(model, pos: dict, name: str, x: float, y: float) -> str | None:
-    """The innermost plate whose box (drawn without `name`) holds the point (x, y)."""
-    boxes = plate_boxes(model, dict(pos), exclude=name)
+def plate_at(model, pos: dict, x: float, y: float) -> str | None:
+    """The innermost plate whose box, as drawn with positions `pos` (before a drag), holds
+    the point (x, y)."""
+    boxes = plate_boxes(model, dict(pos))
     inside = [p for p, (x0, y0, x1, y1) in boxes.items() if x0 <= x <= x1 and y0 <= y <= y1]
     return max(inside, key=lambda p: len(model.chain(p))) if inside else None
 
@@ -169,21 +181,30 @@ def canvas_nodes(model, pos: dict, ess: dict | None = None, K: int | None = None
         elif n.kind == "observed":
             style = {"background": OBSERVED_FILL}
         out.append({"id": n.name, "type": n.kind, "position": {"x": x, "y": y},
-                    "label": f"{n.name} ~ {n.dist}", "data": {"kind": n.kind, "dist": n.dist},
+                    "label": f"{n.name}\n~ {n.dist}" + (" ↻ prev" if n.timeseries is not None else ""),
+                    "data": {"kind": n.kind, "dist": n.dist},
                     "zIndex": 10, "style": style})
     return out
 
 
-def canvas_edges(model) -> list[dict]:
+def canvas_edges(model, rev: int = 0) -> list[dict]:
+    """One edge per parent -> child. `rev` changes the edges' data so that the browser
+    redraws them even when the list is the same (an edge it drew and the model refused)."""
     arrow = {"type": "arrowclosed", "width": 18, "height": 18, "color": "#555"}
-    return [{"id": f"{a}->{b}", "source": a, "target": b, "markerEnd": arrow,
+    return [{"id": f"{a}->{b}", "source": a, "target": b, "markerEnd": arrow, "data": {"rev": rev},
              "style": {"strokeWidth": 1.6}} for a, b in model.graph.edges]
 
 
-def make_flow(model, pos, height=480):
+def _no_editor(data, schema, **kw):
+    """React Flow's own node/edge editors are not used (the forms beside the canvas are);
+    its default one is a JSONEditor whose JavaScript Panel does not load."""
+    return None
+
+
+def make_flow(model, pos, height=430):
     from panel_reactflow import ReactFlow
     return ReactFlow(nodes=canvas_nodes(model, pos), edges=canvas_edges(model), node_types=node_types(),
                      editable=True, enable_connect=True, enable_delete=True, display_side_bar=False,
                      show_minimap=False, min_zoom=0.2, max_zoom=2, sync_mode="event", stylesheets=[STYLES],
-                     editor_mode="side", default_edge_options={}, height=height,
-                     sizing_mode="stretch_width")
+                     editor_mode="side", default_node_editor=_no_editor, default_edge_editor=_no_editor,
+                     default_edge_options={}, height=height, sizing_mode="stretch_width")

@@ -295,10 +295,10 @@ class CompareTab:
                                        styles={"overflow": "auto"})
         self.download = W(pn.widgets.FileDownload, callback=self._download, filename="sweep.json",
                           label="Download sweep.json", button_type="light", width=180, margin=(22, 5, 5, 5))
-        controls = pn.Row(self.methods, self.Ks, self.seeds, self.iters, self.lr, self.run_btn, self.stop_btn,
-                          self.download, pn.Column(self.progress, self.status, width=420, margin=0),
-                          sizing_mode="stretch_width", styles={"flex-wrap": "wrap", "background": "#f6f8fa",
-                                                               "border-radius": "6px"})
+        from .tabs import wrap   # a row that wraps: the tab fits a notebook's output area
+        controls = wrap(self.methods, self.Ks, self.seeds, self.iters, self.lr, self.run_btn, self.stop_btn,
+                        self.download, pn.Column(self.progress, self.status, width=420, margin=0),
+                        styles={"background": "#f6f8fa", "border-radius": "6px"})
         self.layout = pn.Column(controls, self.message, self.figures, self.table, sizing_mode="stretch_width")
 
     def __panel__(self):

@@ -1,4 +1,5 @@
-"""Data to attach to a model: bundled datasets, uploaded .csv/.npz, ragged-group padding."""
+"""Data to attach to a model: bundled datasets, CSV and typed or pasted tables, ragged-group
+padding. (Uploads, bounded, are workbench.files.data_from_upload.)"""
 from __future__ import annotations
 
 import io
@@ -7,44 +8,96 @@ from pathlib import Path
 
 import numpy as np
 
+from engine import ModelError
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 
 
-def _csv_columns(text_or_bytes) -> dict[str, np.ndarray]:
-    import pandas as pd
-    buf = io.BytesIO(text_or_bytes) if isinstance(text_or_bytes, bytes) else io.StringIO(text_or_bytes)
-    try:
-        df = pd.read_csv(buf)
-    except Exception as e:  # pandas raises many kinds
-        raise ValueError(f"cannot read the CSV: {e}") from None
+MISSING = {"", "na", "nan", "null", "none", "n/a", "-"}
+
+
+def _column_name(c, i: int) -> str:
+    name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in str(c)).strip("_") or f"col{i + 1}"
+    return "c_" + name if name[0].isdigit() else name
+
+
+def columns(header: list, rows: list[list[str]]) -> dict[str, np.ndarray]:
+    """Numeric columns of a table of text cells. A column with no number in it (labels,
+    say) is left out; a cell that is neither a number nor empty/NA in a numeric column is
+    refused, naming its row and column; empty/NA cells are missing values (NaN)."""
     out = {}
-    for c in df.columns:
-        col = pd.to_numeric(df[c], errors="coerce")
-        if col.notna().sum() == 0:
-            continue            # text column: skipped
-        name = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in str(c)).strip("_") or "col"
-        if name[0].isdigit():
-            name = "c_" + name
-        out[name] = col.to_numpy(dtype=float) if col.isna().any() or (col % 1 != 0).any() \
-            else col.to_numpy().astype(np.int64)
+    width = len(header)
+    for r, row in enumerate(rows):
+        if len(row) != width:
+            raise ModelError(f"row {r + 1} has {len(row)} cells, the header {width}")
+    for j, h in enumerate(header):
+        cells = [row[j].strip() for row in rows]
+        vals, bad = [], None
+        for r, c in enumerate(cells):
+            if c.lower() in MISSING:
+                vals.append(np.nan)
+                continue
+            try:
+                vals.append(float(c))
+            except ValueError:
+                vals.append(None)
+                bad = bad or (r, c)
+        if all(v is None or np.isnan(v) for v in vals):
+            continue                      # a text column: not data for the model
+        if bad is not None:
+            raise ModelError(f"column {str(h)[:40]!r}, row {bad[0] + 1}: {bad[1][:40]!r} is not a number "
+                             f"(leave the cell empty for a missing value)")
+        a = np.asarray(vals, float)
+        whole = np.isfinite(a).all() and (a % 1 == 0).all()
+        out[_column_name(h, j)] = a.astype(np.int64) if whole else a
     if not out:
-        raise ValueError("the CSV has no numeric columns")
+        raise ModelError("the table has no numeric columns")
     return out
 
 
-def read_upload(filename: str, content: bytes) -> dict[str, np.ndarray]:
-    """Arrays from an uploaded .csv (one per numeric column) or .npz (one per entry)."""
-    name = (filename or "").lower()
-    if name.endswith(".npz"):
+def read_csv(content) -> dict[str, np.ndarray]:
+    """Numeric columns of CSV text (or bytes), the first row a header: see columns()."""
+    import csv
+    text = content.decode("utf-8-sig", "replace") if isinstance(content, (bytes, bytearray)) else content
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [r for r in csv.reader(io.StringIO(text), dialect) if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise ModelError("the CSV needs a header row and at least one row of values")
+    return columns(rows[0], rows[1:])
+
+
+def parse_table(text: str, name: str | None = None) -> dict[str, np.ndarray]:
+    """Numbers typed or pasted (from a spreadsheet: tabs, commas or spaces between cells).
+    A first row with a non-number in it is the header (column names); else the columns
+    are called `name` (one column) or `name_1`, `name_2`, ..."""
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    if not lines:
+        raise ModelError("type or paste some numbers first")
+    sep = "\t" if "\t" in lines[0] else ("," if "," in lines[0] else None)
+    rows = [[c for c in (ln.split(sep) if sep else ln.split())] for ln in lines]
+    if len(rows) == 1 and sep is None and name:
+        rows = [[c] for c in rows[0]]     # one line of numbers: a column
+    head = rows[0]
+
+    def number(c):
         try:
-            with np.load(io.BytesIO(content), allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except Exception as e:
-            raise ValueError(f"cannot read {filename!r} as .npz: {e}") from None
-    if name.endswith(".csv") or name.endswith(".txt"):
-        return _csv_columns(content)
-    raise ValueError(f"{filename!r}: upload a .csv or .npz file")
+            float(c)
+            return True
+        except ValueError:
+            return c.strip().lower() in MISSING
+    if all(number(c) for c in head):
+        stem = name or "x"
+        header = [stem] if len(head) == 1 else [f"{stem}_{j + 1}" for j in range(len(head))]
+        body = rows
+    else:
+        header, body = head, rows[1:]
+    if not body:
+        raise ModelError("the table has a header but no numbers")
+    return columns(header, body)
 
 
 def _radon() -> dict[str, np.ndarray]:
@@ -58,7 +111,7 @@ def bundled() -> dict:
     """name -> loader of {column: array}."""
     out = {}
     for p in sorted((ASSETS / "data").glob("*.csv")):
-        out[p.stem.replace("_", " ")] = (lambda p=p: _csv_columns(p.read_bytes()))
+        out[p.stem.replace("_", " ")] = (lambda p=p: read_csv(p.read_bytes()))
     out["radon (Minnesota, from ArviZ)"] = _radon
     return out
 
@@ -69,7 +122,7 @@ def group_pad(values, groups) -> np.ndarray:
     their order; other codes are sorted."""
     values, groups = np.asarray(values, float), np.asarray(groups)
     if values.shape[0] != groups.shape[0]:
-        raise ValueError(f"values ({values.shape[0]} rows) and groups ({groups.shape[0]} rows) differ in length")
+        raise ModelError(f"values ({values.shape[0]} rows) and groups ({groups.shape[0]} rows) differ in length")
     if np.issubdtype(groups.dtype, np.integer) and groups.min() >= 0:
         codes, n = groups.astype(int), int(groups.max()) + 1
     else:

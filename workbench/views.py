@@ -2,8 +2,9 @@
 
 plate_diagram_dot(model, ess, K) -> DOT text      render_svg(dot) -> SVG text (never blank)
 einsum_table(sample | program | plan list) -> DataFrame of steps; einsum_summary(...) per component
-ess_figure(ess, K) -> Bokeh figure                 elbo_figure(runs) -> Bokeh figure
-summary_table(samples) -> DataFrame (az.summary)    posterior_view(result, names, exact) -> Bokeh layout
+ess_figure(ess, K) -> Bokeh figure                 elbo_figure(runs) -> Bokeh figure (readable range)
+summary_table(result) -> DataFrame (MCSEs)     posterior_view(result, names, exact) -> Bokeh layout
+safe_html(text) -> HTML with every character of text escaped (the only way text reaches a page)
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,17 @@ from engine.program import human_bytes  # noqa: F401  (the views' byte counts, a
 OBSERVED_FILL = "#c8c8c8"
 DEGENERATE = "#d62728"
 HEALTHY = "#2ca02c"
+
+
+# ---- text -------------------------------------------------------------------------------
+def safe_html(text) -> str:
+    """HTML of a message: every character escaped (model names, descriptions, file names
+    and error messages come from users and model files), then `**bold**` and `code`
+    spans and line breaks marked up. Nothing in `text` can make a tag."""
+    out = html.escape(str(text), quote=True)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"`([^`]+?)`", r"<code>\1</code>", out)
+    return out.replace("\n", "<br>")
 
 
 # ---- plate diagram ----------------------------------------------------------------------
@@ -79,9 +90,11 @@ def plate_diagram_dot(model, ess: dict | None = None, K: int | None = None, show
     members: dict = {None: []}
     for p in model.plates:
         members[p] = []
+    enumerated = enumerated_latents(model)
     for n in model.nodes:
-        label = f'<<b>{html.escape(n.name)}</b><br/><font point-size="9">{html.escape(n.dist)}</font>'
-        attrs = {"tooltip": _q(f"{n.kind} {n.name} ~ {n.dist}")}
+        how = " · time series" if n.timeseries is not None else " · enumerated" if n.name in enumerated else ""
+        label = f'<<b>{html.escape(n.name)}</b><br/><font point-size="9">{html.escape(n.dist + how)}</font>'
+        attrs = {"tooltip": _q(f"{n.kind} {n.name} ~ {n.dist}{how}")}
         if n.kind == "observed":
             attrs["fillcolor"] = _q(OBSERVED_FILL)
         elif ess is not None and n.name in ess and K:
@@ -118,9 +131,26 @@ def plate_diagram_dot(model, ess: dict | None = None, K: int | None = None, show
     for p in [q for q in model.plates.values() if q.parent is None]:
         lines += cluster(p.name, 1)
     lines += [f"  {_q(a)} -> {_q(b)};" for a, b in model.graph.edges]
+    lines += [f"  {_q(n.name)} -> {_q(n.name)} [label=\"prev\", fontsize=9, fontcolor=\"#4a6fa5\", "
+              f"color=\"#4a6fa5\"];" for n in model.nodes if n.timeseries is not None]   # its own previous element
     lines += data_edges
     lines.append("}")
     return "\n".join(lines)
+
+
+def enumerated_latents(model) -> set[str]:
+    """The latents the engine sums over their support, as far as the model alone says (a
+    Categorical whose probabilities are computed is decided when the model is compiled)."""
+    from engine.model import ENUMERABLE
+    from engine.program import ENUMERATE_MAX, support_size
+    out = set()
+    for n in model.nodes:
+        if n.kind == "latent" and n.dist in ENUMERABLE and n.shape in (None, ()) and n.group is None \
+                and n.enumerate is not False:
+            size = support_size(n, model)
+            if n.enumerate or (size is not None and size <= ENUMERATE_MAX):
+                out.add(n.name)
+    return out
 
 
 def _graphviz_pure() -> str | None:
@@ -143,6 +173,19 @@ def _run(cmd, dot: str) -> str | None:
         return None
     svg = out.stdout.decode("utf-8", "replace")
     return svg[svg.index("<svg"):]
+
+
+def render_png(dot: str) -> bytes | None:
+    """PNG of DOT from `dot` or `graphviz-pure`, None if neither runs."""
+    for exe in (shutil.which("dot"), _graphviz_pure()):
+        if exe:
+            try:
+                out = subprocess.run([exe, "-Tpng"], input=dot.encode(), capture_output=True, timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            if out.returncode == 0 and out.stdout.startswith(b"\x89PNG"):
+                return out.stdout
+    return None
 
 
 def render_svg(dot: str) -> str:
@@ -205,7 +248,7 @@ def fallback_svg(dot: str) -> str:
                 'font-family="Helvetica" font-size="14">(empty model: add a node)</text></svg>')
     g = nx.DiGraph()
     g.add_nodes_from(nodes)
-    g.add_edges_from((a, b) for a, b, _ in edges if a in nodes and b in nodes)
+    g.add_edges_from((a, b) for a, b, _ in edges if a in nodes and b in nodes and a != b)   # (a series' loop: its label says)
     row = {}
     for r, gen in enumerate(nx.topological_generations(g)):
         for n in gen:
@@ -389,7 +432,7 @@ def ess_figure(ess: dict, K: int, threshold: float | None = None, title: str | N
     fig = figure(y_range=names, x_range=(0, K * 1.18), height=max(180, 34 * len(names) + 80),
                  sizing_mode="stretch_width", title=title or f"ESS per latent (K = {K})",
                  x_axis_label="effective sample size (bar: median over plate elements, dot: min)",
-                 toolbar_location=None, tools="hover",
+                 toolbar_location="above", tools="hover,save",
                  tooltips=[("latent", "@latent"), ("min ESS", "@min{0.00}"), ("median ESS", "@median{0.00}"),
                            ("degenerate", "@degenerate")])
     fig.hbar(y="latent", right="median", height=0.6, source=src, fill_color="colour", line_color="colour",
@@ -411,48 +454,94 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf"]
 
 
-def elbo_figure(runs, reference: float | None = None):
-    """One ELBO curve per run, overlaid. `runs`: {label: [elbo, ...]} or a list of
-    {"label", "elbo"[, "iteration"]}. Each curve's renderer and source are named by its label.
-    `reference`: the exact log evidence, drawn as a dashed line, where the model has one."""
-    from bokeh.models import ColumnDataSource, Label, Span
-    from bokeh.plotting import figure
+def _runs(runs) -> list[dict]:
     if isinstance(runs, dict):
-        runs = [{"label": k, "elbo": v} for k, v in runs.items()]
-    fig = figure(height=320, sizing_mode="stretch_width", title="ELBO (log P_MP) per iteration",
+        return [{"label": k, "elbo": v} for k, v in runs.items()]
+    return [r if isinstance(r, dict) else {"label": r.label, "elbo": r.elbo, "iteration": r.iteration} for r in runs]
+
+
+def elbo_range(runs, reference: float | None = None) -> tuple[float, float] | None:
+    """A y range that shows where the runs go: every run's points after its first tenth
+    (the early iterations can sit orders of magnitude lower and flatten the rest), and
+    the reference line. None if there is nothing to show."""
+    vals = []
+    for run in _runs(runs):
+        y = [float(v) for v in run["elbo"] if math.isfinite(float(v))]
+        vals += y[len(y) // 10:]
+    if reference is not None and math.isfinite(reference):
+        vals.append(float(reference))
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    pad = 0.08 * (hi - lo) if hi > lo else max(1.0, 0.01 * abs(hi))
+    return lo - pad, hi + pad
+
+
+def set_elbo_range(fig, runs, reference: float | None = None) -> None:
+    r = elbo_range(runs, reference)
+    if r is not None:
+        fig.y_range.start, fig.y_range.end = r
+
+
+def elbo_figure(runs, reference: float | None = None, title: str | None = None):
+    """One ELBO curve per run, overlaid (runs of one model: see the app's grouping).
+    `runs`: {label: [elbo, ...]}, a list of {"label", "elbo"[, "iteration"]} or of Runs.
+    Each curve's renderer and source are named by its label. `reference`: the exact log
+    evidence, drawn as a dashed line, where the model has one. The y range is
+    elbo_range's; the legend sits beside the plot, never on the curves."""
+    from bokeh.models import ColumnDataSource, Label, Legend, Range1d, Span
+    from bokeh.plotting import figure
+    runs = _runs(runs)
+    r = elbo_range(runs, reference) or (0.0, 1.0)
+    fig = figure(height=300, sizing_mode="stretch_width", title=title or "ELBO (log P_MP) per iteration",
                  x_axis_label="iteration", y_axis_label="ELBO", toolbar_location="above",
-                 tools="pan,wheel_zoom,box_zoom,reset,save,hover",
+                 tools="pan,wheel_zoom,box_zoom,reset,save,hover", y_range=Range1d(*r),
                  tooltips=[("run", "$name"), ("iteration", "@iteration"), ("ELBO", "@elbo{0.000}")])
+    items = []
     for i, run in enumerate(runs):
         y = [float(v) for v in run["elbo"]]
         x = list(run.get("iteration") or range(1, len(y) + 1))
         src = ColumnDataSource({"iteration": x, "elbo": y}, name=run["label"])
         colour = PALETTE[i % len(PALETTE)]
-        fig.line("iteration", "elbo", source=src, color=colour, line_width=2, legend_label=run["label"],
-                 name=run["label"])
-        fig.scatter("iteration", "elbo", source=src, color=colour, size=3, legend_label=run["label"])
+        line = fig.line("iteration", "elbo", source=src, color=colour, line_width=2, name=run["label"])
+        dots = fig.scatter("iteration", "elbo", source=src, color=colour, size=3)
+        items.append((run["label"], [line, dots]))
     if reference is not None and np.isfinite(reference):
         fig.add_layout(Span(location=float(reference), dimension="width", line_dash="dashed", line_color="black",
                             line_width=1.5, name="exact"))
         fig.add_layout(Label(x=0, x_units="screen", y=float(reference), text=f" exact log P(data) = {reference:.4g}",
                              text_font_size="9pt", y_offset=3))
-        fig.scatter([1], [float(reference)], alpha=0)       # keep the line in the auto range
-    if runs:
-        fig.legend.location = "bottom_right"
-        fig.legend.click_policy = "hide"
+    if items:
+        fig.add_layout(Legend(items=items, click_policy="hide", label_text_font_size="8pt"), "right")
     return fig
 
 
 # ---- posterior ------------------------------------------------------------------------------
-def summary_table(samples: dict) -> pd.DataFrame:
-    """az.summary of posterior draws ({latent: (draws, *plates, *event)}, as posterior_draws
-    gives them): one chain."""
-    import arviz as az
-    import logging
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("arviz").setLevel(logging.ERROR)
-        return az.summary(az.from_dict(posterior={k: v[None] for k, v in samples.items()}), kind="stats", round_to=4)
+def summary_table(result) -> pd.DataFrame:
+    """The run's pooled estimates, one row per latent element (Result.summary()): mean and
+    sd each with its Monte Carlo standard error, the 94% HDI (empty where too few effective
+    particles stand behind it) and the pooled ESS. Each estimate is rounded to the digits its MCSE supports (two significant digits of the
+    MCSE: the first one that is uncertain shown, no more)."""
+    rows = []
+    for r in result.summary():
+        dm, ds = _decimals(r["mcse_mean"]), _decimals(r["mcse_sd"])
+        rows.append({"name": r["name"], "mean": round(r["mean"], dm), "mcse_mean": _sig2(r["mcse_mean"]),
+                     "sd": round(r["sd"], ds), "mcse_sd": _sig2(r["mcse_sd"]),
+                     "hdi_3%": None if r["hdi_3%"] is None else round(r["hdi_3%"], dm),
+                     "hdi_97%": None if r["hdi_97%"] is None else round(r["hdi_97%"], dm),
+                     "ess": round(r["ess"], 1)})
+    return pd.DataFrame(rows).set_index("name")
+
+
+def _decimals(err: float) -> int:
+    """Decimals that show an estimate to the second significant digit of its error."""
+    if not (err > 0 and math.isfinite(err)):
+        return 6
+    return max(0, 1 - math.floor(math.log10(err)))
+
+
+def _sig2(x: float) -> float:
+    return float(f"{x:.2g}") if math.isfinite(x) else x
 
 
 def posterior_names(model_or_result, limit: int = 200) -> list[str]:
@@ -512,12 +601,22 @@ def kde(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z * z).sum(1) / (len(x) * h * np.sqrt(2 * np.pi))
 
 
-def posterior_draws(result, draws: int = 1000, seed: int = 0) -> dict:
-    s = result.sample
-    return {k: v.detach().cpu().numpy() for k, v in s.posterior_samples(draws, seed).items()}
+def posterior_draws(result, draws: int = 2000) -> dict:
+    """{latent: (draws, *plates, *event) array}: the Result's joint draws pooled over its
+    samples (computed once; the summary's HDIs come from the same draws)."""
+    return result.draws(draws)
 
 
-def posterior_view(result, names: list[str], exact=None, draws: int = 1000, samples: dict | None = None):
+def _discrete(result, base: str) -> bool:
+    from engine import DISTRIBUTIONS
+    model = getattr(result, "model", None)
+    try:
+        return bool(DISTRIBUTIONS[model.node(base).dist].discrete)
+    except (AttributeError, KeyError, ValueError):
+        return False
+
+
+def posterior_view(result, names: list[str], exact=None, draws: int = 2000, samples: dict | None = None):
     """Histograms of posterior draws of the chosen latents (name or name[i]); the exact
     posterior drawn over them where `exact` (dict name -> spec, or a callable taking the
     name and returning a spec or None) supplies one."""
@@ -534,9 +633,16 @@ def posterior_view(result, names: list[str], exact=None, draws: int = 1000, samp
         x = x[(slice(None), *idx)] if idx else x
         x = np.asarray(x, float).reshape(len(x), -1)[:, 0]
         x = x[np.isfinite(x)]
-        fig = figure(height=230, width=330, title=name, toolbar_location=None, tools="",
-                     x_axis_label=name, y_axis_label="density")
-        if x.size:
+        discrete = _discrete(result, base)
+        fig = figure(height=250, width=330, title=name, toolbar_location=None, tools="save",
+                     x_axis_label=name, y_axis_label="probability" if discrete else "density")
+        if x.size and discrete:          # a discrete latent: the probability of each value, as bars
+            vals, counts = np.unique(x.astype(np.int64), return_counts=True)
+            fig.vbar(x=vals, top=counts / counts.sum(), width=0.7, fill_color=PALETTE[0], fill_alpha=0.6,
+                     line_color=PALETTE[0], legend_label="posterior draws", name="bars")
+            fig.xaxis.ticker = [int(v) for v in vals] if len(vals) <= 12 else fig.xaxis.ticker
+            fig.y_range.start = 0
+        elif x.size:
             lo, hi = float(x.min()), float(x.max())
             if hi - lo < 1e-12:
                 lo, hi = lo - 0.5, hi + 0.5
@@ -555,10 +661,14 @@ def posterior_view(result, names: list[str], exact=None, draws: int = 1000, samp
                 grid = np.linspace(lo - 0.25 * span, hi + 0.25 * span, 300)
                 pdf = exact_pdf(spec, grid)
                 fig.line(grid, pdf, color="black", line_width=2, legend_label="exact", name="exact")
+        if x.size:                       # the legend under the plot, off the data
+            legend = fig.legend[0]
             fig.legend.label_text_font_size = "8pt"
-            fig.legend.location = "top_right"
-            fig.legend.background_fill_alpha = 0.6
+            fig.legend.orientation = "horizontal"
+            fig.legend.spacing = 4
+            fig.center.remove(legend)
+            fig.add_layout(legend, "below")
         figs.append(fig)
     if not figs:
         return Div(text="Choose latents to plot.")
-    return gridplot(figs, ncols=3, toolbar_location=None)
+    return gridplot(figs, ncols=2, toolbar_location="above", merge_tools=True)

@@ -85,9 +85,15 @@ def chain_document(nodes: int, reverse: bool = False) -> dict:
     return {"format": "kn-model/1", "name": "chain", "nodes": out[::-1] if reverse else out, "data": data}
 
 
+def paper(name: str, **kwargs) -> Model:
+    """One of the QEM paper's models (benchmarks/paper.py): bus_breakdown, radon, occupancy."""
+    from .paper import MODELS
+    return MODELS[name](**kwargs)
+
+
 def asset(name: str) -> Model:
     """An example model shipped in assets/models (e.g. "radon")."""
     return Model.load(Path(__file__).resolve().parent.parent / "assets" / "models" / f"{name}.json")
 
 
-__all__ = ["hierarchical_gaussian", "radon_like", "movielens_like", "asset"]
+__all__ = ["hierarchical_gaussian", "radon_like", "movielens_like", "paper", "asset"]

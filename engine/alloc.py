@@ -7,7 +7,13 @@ comes back as fresh pages the kernel must fault in and zero: on a 2-core VM `a +
 8.5M floats takes 26 ms that way and 6 ms into memory already mapped. Raising the mmap
 and trim thresholds makes glibc reuse those pages, iteration after iteration; the price
 is that the process keeps its high-water memory. Linux/glibc only; KN_MALLOC_TUNE=0
-turns it off.
+(in the environment before the first program is built) turns it off.
+
+The library applies it when the first `Program` is built (every sample, fit and view
+builds one), so that a notebook or a script gets the speed `kn` gets: the gallery radon's
+MP VI step at K=10 took 1.5x to 4x longer from Python than from `kn` before (4x on a
+quiet machine, where page faults are most of the difference). mallopt settings are the
+process's: calling this again is a no-op.
 """
 from __future__ import annotations
 

@@ -349,7 +349,7 @@ def main(argv=None) -> int:
     add_sweep(sub)
     _plugins(sub)
     args = ap.parse_args(argv)
-    tune_allocator()   # the process's choice, not the library's: see engine/alloc.py
+    tune_allocator()   # before anything is allocated (the library also does it on first use): engine/alloc.py
     try:
         return args.func(args)
     except ModelError as e:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributions as D
+import torch.nn.functional as F
 from torch.distributions import constraints
+from torch.distributions.utils import probs_to_logits
 
 from .errors import ModelError
-from .named import Constant, Named
+from .named import Constant, Deferred, Named
 
 
 class HalfStudentT(D.Distribution):
@@ -279,7 +281,15 @@ def fast_log_prob(spec: DistSpec, args: dict[str, Named], dims: tuple[str, ...],
     tensor pass at all, and `offset` (a tensor over fewer dims, added to the result) joins
     the small terms. `expand`: a vector Normal whose value, loc and scale span different
     batch dims, summed by its expanded square (Program._expands decides, from the plan).
-    The same value to float rounding."""
+    The same value to float rounding.
+
+    Bernoulli, Binomial, Poisson and NegativeBinomial (`_fast_discrete`) are fused the
+    same way: every term is computed at the broadcast shape of what it reads (softplus of
+    the logits at the logits' shape, a Binomial's log-binomial coefficient at the data's),
+    and only the one term that needs every dim, value times logits, makes the full-size
+    tensor, in one multiply-add onto the rest."""
+    if spec.name in _DISCRETE:
+        return _fast_discrete(spec, args, dims, n_extra, value, offset)
     if spec.name != "Normal":
         return None
     loc, scale = args["loc"], args["scale"]
@@ -341,3 +351,171 @@ def _expanded_square(value: torch.Tensor, loc: torch.Tensor | None, scale, n_ext
         quad = weighted(v, l).mul_(-2).add_(weighted(v, v)).add_(weighted(l, l))   # in place on the largest
     lp = quad.mul_(-0.5).sub_(log_det + n * HALF_LOG_2PI).to(value.dtype)
     return lp if offset is None else lp + offset
+
+
+# ---- the discrete likelihoods, fused -----------------------------------------------------
+_DISCRETE = ("Bernoulli", "Binomial", "Poisson", "NegativeBinomial")
+
+
+def _logits(args: dict[str, Named], dims, n_extra) -> torch.Tensor:
+    """The logits, or probs mapped to them as torch does (clamped to [eps, 1 - eps])."""
+    if "logits" in args:
+        return args["logits"].align(dims, n_extra)
+    return probs_to_logits(args["probs"].align(dims, n_extra), is_binary=True)
+
+
+def _plus(a, b):
+    """a + b where either may be None (nothing to add)."""
+    return b if a is None else a if b is None else a + b
+
+
+def _multiply_add(small: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """small + a * b in one pass, in place on `small` when it already has the result's
+    shape (it is then a fresh intermediate of ours: nothing saved for backward reads it)."""
+    if small.shape == torch.broadcast_shapes(small.shape, a.shape, b.shape) and small.dtype == a.dtype:
+        return small.addcmul_(a, b)
+    return torch.addcmul(small, a, b)
+
+
+def _binomial_coefficient(n, v):
+    return torch.lgamma(n + 1) - torch.lgamma(v + 1) - torch.lgamma(n - v + 1)
+
+
+def _negative_binomial_normaliser(r, v):
+    """log C(r + v - 1, v) as torch computes it (0 where r + v is 0)."""
+    lg = torch.lgamma(r + v) - torch.lgamma(v + 1.0) - torch.lgamma(r)
+    return lg.masked_fill((r + v) == 0, 0.0)
+
+
+def _fast_discrete(spec: DistSpec, args: dict[str, Named], dims, n_extra: int, value: torch.Tensor,
+                   offset: torch.Tensor | None) -> torch.Tensor:
+    """log_prob of a Bernoulli, Binomial, Poisson or NegativeBinomial, summed over the
+    event dims, plus `offset`; the terms of torch's formulas, each at its own shape."""
+    off = None if n_extra else offset   # an offset spans batch dims only: added after the event sum
+    if spec.name == "Poisson":
+        rate = args["rate"].align(dims, n_extra)
+        lp = torch.xlogy(value, rate).sub_(rate) if value.dim() == rate.dim() and \
+            torch.broadcast_shapes(value.shape, rate.shape) == rate.shape else torch.xlogy(value, rate) - rate
+        lp = lp - torch.lgamma(value + 1) if off is None else lp + (off - torch.lgamma(value + 1))
+    else:
+        logits = _logits(args, dims, n_extra)
+        if spec.name == "NegativeBinomial":
+            r = args["total_count"].align(dims, n_extra)
+            small = _plus(r * F.logsigmoid(-logits) + _negative_binomial_normaliser(r, value), off)
+            lp = _multiply_add(small, value, F.logsigmoid(logits))
+        else:
+            sp = F.softplus(logits)
+            if spec.name == "Bernoulli":
+                small = -sp if off is None else off - sp
+            else:
+                n = args["total_count"].align(dims, n_extra)
+                small = _plus(_binomial_coefficient(n, value) - n * sp, off)
+            lp = _multiply_add(small, value, logits)
+    if n_extra:
+        lp = event_sum(lp, n_extra)
+        return lp if offset is None else lp + offset
+    return lp
+
+
+# ---- an observed node's log-density summed over a plate, term by term ---------------------
+class _PlateSum:
+    """Sums over one batch axis (a plate) and the event axes of w * x, w the mask of
+    observed entries (None: all), each x at its own broadcast shape: an x of size 1 along
+    a summed axis is multiplied by that axis's size (or by the number of observed
+    entries along it) instead of being broadcast first."""
+
+    def __init__(self, axis: int, n_batch: int, n_extra: int, full: tuple[int, ...], mask: torch.Tensor | None):
+        self.axis, self.full, self.mask = axis, full, mask
+        self.axes = (axis, *range(n_batch, n_batch + n_extra))
+        self.count = None if mask is None else mask.sum(axis, keepdim=True)
+
+    def __call__(self, x: torch.Tensor):
+        done = set()
+        if self.mask is not None:
+            x = torch.where(self.mask, x, 0.0) if x.shape[self.axis] > 1 else x * self.count
+            done.add(self.axis)
+        big = [i for i in self.axes if x.shape[i] > 1]
+        if big:
+            x = x.sum(big, keepdim=True)
+        times = math.prod(self.full[i] for i in self.axes if i not in done and i not in big)
+        return x * times if times != 1 else x
+
+    def flat(self, x) -> bool:
+        """Whether x is constant along every summed axis."""
+        return all(x.shape[i] == 1 for i in self.axes)
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor):
+        """The sum of w * a * b, the product formed only where both vary along the sum."""
+        if self.flat(a):
+            return a * self(b)
+        if self.flat(b):
+            return b * self(a)
+        return self(a * b)
+
+    def n(self, like: torch.Tensor):
+        """The number of entries summed per result entry (observed ones only)."""
+        return self(torch.ones((1,) * like.dim(), dtype=like.dtype, device=like.device))
+
+
+def summed_log_prob(spec: DistSpec, args: dict[str, Named], dims, n_extra: int, value: torch.Tensor,
+                    mask: torch.Tensor | None, axis: int) -> torch.Tensor | None:
+    """The log-density summed over batch axis `axis` (kept, of size 1) and the event dims,
+    the masked entries left out, without the broadcast of every argument to the full
+    shape: each term of the density is summed at the shape of what it reads, and the
+    terms are added at the end. A Normal whose scale does not vary along the sum needs
+    only sum (v - loc)^2 (and, where loc does not vary along it either, the data's own
+    centred sum of squares and mean: S + n (mean - loc)^2); a Bernoulli's logits times
+    value is summed where both vary, its softplus at the logits' shape. None for the
+    other distributions (and a Normal whose scale varies along the sum): the caller sums
+    the whole log-density then. The same value to float rounding."""
+    if spec.name not in _DISCRETE and spec.name != "Normal":
+        return None
+    full = tuple(torch.broadcast_shapes(value.shape, *[a.align(dims, n_extra).shape for a in args.values()]))
+    if mask is not None and mask.dim() == len(dims) and n_extra:   # a mask over the plates: broadcast over the event
+        mask = mask.reshape(*mask.shape, *[1] * n_extra)
+    S = _PlateSum(axis, len(dims), n_extra, full, mask)
+    if spec.name == "Normal":
+        loc, scale = args["loc"], args["scale"]
+        loc = None if isinstance(loc, Constant) and loc.value == 0 else loc.align(dims, n_extra)
+        scale = scale.value if isinstance(scale, Constant) and scale.value > 0 else scale.align(dims, n_extra)
+        if isinstance(scale, torch.Tensor) and not S.flat(scale):
+            return None
+        if loc is None:
+            quad = S(value * value)
+        elif S.flat(loc):   # centred on the data's own mean: no cancellation, nothing of loc's size summed
+            n = S.n(value)
+            mean = S(value) / n.clamp_min(1)
+            quad = S((value - mean).square()) + n * (mean - loc).square()
+        else:
+            quad = S((value - loc).square())
+        n = S.n(value)
+        if not isinstance(scale, torch.Tensor):
+            return quad * (-0.5 / scale ** 2) - n * (math.log(scale) + HALF_LOG_2PI)
+        return quad.div(scale.square()).mul_(-0.5) - n * (torch.log(scale) + HALF_LOG_2PI)
+    if spec.name == "Poisson":
+        rate = args["rate"].align(dims, n_extra)
+        first = torch.xlogy(S(value), rate) if S.flat(rate) else S(torch.xlogy(value, rate))
+        return first - S(rate) - S(torch.lgamma(value + 1))
+    logits = _logits(args, dims, n_extra)
+    if spec.name == "NegativeBinomial":
+        r = args["total_count"].align(dims, n_extra)
+        return S.dot(r, F.logsigmoid(-logits)) + S.dot(value, F.logsigmoid(logits)) + \
+            S(_negative_binomial_normaliser(r, value))
+    sp = F.softplus(logits)
+    if spec.name == "Bernoulli":
+        return S.dot(value, logits) - S(sp)
+    n = args["total_count"].align(dims, n_extra)
+    return S.dot(value, logits) - S.dot(n, sp) + S(_binomial_coefficient(n, value))
+
+
+def deferred_log_prob(full, spec: DistSpec, args: dict[str, Named], dims, n_extra: int, value: torch.Tensor,
+                      mask: torch.Tensor | None, sizes: dict[str, int]) -> Deferred:
+    """An observed node's factor over `dims` as a `Deferred`: `full()` computes it whole
+    (the log-density, masked, summed over its event dims); its plate sum is
+    summed_log_prob's where there is one, else the sum of the whole."""
+    def plate_sum(plate):
+        axis = dims.index(plate)
+        s = summed_log_prob(spec, args, dims, n_extra, value, mask, axis)
+        s = full().sum(axis) if s is None else s.reshape(s.shape[:len(dims)]).squeeze(axis)
+        return s.expand([sizes[d] for d in dims if d != plate])
+    return Deferred(dims, full, plate_sum)

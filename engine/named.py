@@ -82,3 +82,38 @@ def broadcast(items: list[Named], rank: dict[str, int]) -> tuple[list[torch.Tens
     dims = union_dims(items, rank)
     ev = max(len(x.event_shape) for x in items)
     return [x.align(dims, ev) for x in items], dims
+
+
+_T = Named.__dict__["t"]   # the slot holding a Named's tensor
+
+
+class Deferred(Named):
+    """A factor computed only when it is asked for (`t`), which the contraction may
+    instead sum over a plate (`plate_sum`) without ever holding it whole.
+
+    An observed node's log-density over its parents' K-dims and its plates is used only
+    summed over its innermost plate when no latent parent lives there (radon's houses,
+    a replicate plate): that sum can be taken term by term, each at its own, smaller,
+    broadcast shape (dists.summed_log_prob). `full()` gives the whole tensor, and
+    `plate_sum(plate)` the sum, expanded to the full sizes of the remaining dims. Once a
+    plate sum has been taken, `t` is detached: the whole tensor was not part of the
+    computation that autograd saw."""
+    __slots__ = ("_full", "_plate_sum", "_summed")
+
+    def __init__(self, dims: tuple[str, ...], full, plate_sum):
+        self.dims, self._full, self._plate_sum, self._summed = dims, full, plate_sum, False
+        _T.__set__(self, None)
+
+    @property
+    def t(self) -> torch.Tensor:
+        t = _T.__get__(self)
+        if t is None:
+            t = self._full()
+            if self._summed:
+                t = t.detach()
+            _T.__set__(self, t)
+        return t
+
+    def plate_sum(self, plate: str) -> torch.Tensor:
+        self._summed = True
+        return self._plate_sum(plate)

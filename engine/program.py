@@ -17,9 +17,10 @@ import torch
 from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
-from .contract import Plan
-from .dists import (build, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok, support_fill,
-                    to_dtype)
+from .alloc import tune_allocator
+from .contract import Plan, logsumexp
+from .dists import (build, deferred_log_prob, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok,
+                    support_fill, to_dtype)
 from .errors import ModelError
 from .expr import Env
 from .model import ENUMERABLE, PREV, Model, Node, Param
@@ -58,6 +59,7 @@ class Program:
             raise ModelError(f"K must be a positive integer, got {K!r}")
         if mode not in ("mp", "global"):
             raise ModelError(f"mode must be 'mp' or 'global', got {mode!r}")
+        tune_allocator()   # on first use, from Python as from kn: see engine/alloc.py
         model.validate()
         self.model, self.K, self.mode = model, int(K), mode
         self.defensive = float(defensive)   # share of each latent's particles drawn from its prior
@@ -611,7 +613,9 @@ class Program:
 
     def _log_prob(self, node: Node, values: dict[str, Named], offset: Named | None = None) -> Named:
         """log P(node | its parents' particles), plus `offset` (a tensor over fewer dims:
-        a latent's -log Q and source term, added where it costs no full-size pass)."""
+        a latent's -log Q and source term, added where it costs no full-size pass). An
+        observed node's is a `Deferred`: computed when the contraction asks for it, whole
+        or summed over a plate term by term (dists.summed_log_prob)."""
         args = self._args(node, self._env(node, values))
         if node.kind == "observed":
             value, mask = self._observed[node.name]
@@ -624,8 +628,12 @@ class Program:
         # a mask over the entries of the node's shape too: those entries are masked before they are summed
         entries = None if mask is None or mask.dim() == len(value.dims) else \
             Named(mask, self.chain[node.name]).align(dims, n_extra)
+        m = None if mask is None or entries is not None else Named(mask, self.chain[node.name]).align(dims, 0)
         d = None if self._checked else build(spec, args, dims, n_extra, node.where())   # validates, once
-        if node.kind == "observed" and not self._checked:
+        if node.kind == "latent":
+            return self._score(node, spec, args, dims, n_extra, v, None if offset is None else offset.align(dims, 0),
+                               m, entries, d)
+        if not self._checked:
             plate_mask = mask if entries is None else None
             self._check_support(node, d, v, dims, plate_mask, entries)
             # probs of exactly 0 or 1 that no latent moves (a constant, data): a value they make
@@ -635,7 +643,18 @@ class Program:
             if bad is not None:
                 self._none_possible(node, ~bad, dims, plate_mask, f"is impossible under {node.dist} with probs "
                                                                   f"{'0' if spec.name == 'NegativeBinomial' else '0 or 1'}")
-        off = None if offset is None else offset.align(dims, 0)
+            big = self.dtype == torch.float32 and bool((v.abs() > 1e18).any())
+            with torch.no_grad():   # values only: what autograd saves is the same in every evaluation
+                lp = self._score(node, spec, args, dims, n_extra, v, None, m, entries, d)
+            self._none_possible(node, lp.t > -math.inf, dims, None,
+                                "has zero probability under every particle" + (
+                                    " (values this large overflow float32: try dtype float64)" if big else ""))
+        return deferred_log_prob(lambda: self._score(node, spec, args, dims, n_extra, v, None, m, entries, None).t,
+                                 spec, args, dims, n_extra, v, m if entries is None else entries, self._sizes())
+
+    def _score(self, node, spec, args, dims, n_extra, v, off, m, entries, d) -> Named:
+        """log P(v | args) over `dims`, its event dims summed (those `entries` leaves out
+        as 0), plus `off`, and 0 where the plate mask `m` is False."""
         try:
             lp = None if entries is not None else fast_log_prob(spec, args, dims, n_extra, v, off,
                                                                  self._expanded[node.name])
@@ -652,16 +671,9 @@ class Program:
         if tuple(lp.shape[:len(dims)]) != tuple(lp.shape) or lp.dim() != len(dims):
             raise ModelError(f"{node.where()}: its arguments have event shape "
                              f"{tuple(lp.shape[len(dims):])} that its value does not have")
-        lp = Named(lp, dims)
-        if mask is not None and entries is None:
-            m = Named(mask, self.chain[node.name]).align(dims, 0)
-            lp = Named(torch.where(m, lp.t, torch.zeros((), dtype=lp.t.dtype, device=lp.t.device)), dims)
-        if node.kind == "observed" and not self._checked:
-            big = self.dtype == torch.float32 and bool((v.abs() > 1e18).any())
-            self._none_possible(node, lp.t.detach() > -math.inf, dims, None,
-                                "has zero probability under every particle" + (
-                                    " (values this large overflow float32: try dtype float64)" if big else ""))
-        return lp
+        if m is not None:
+            lp = torch.where(m, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
+        return Named(lp, dims)
 
     def _check_support(self, node, d, v, dims, mask, entries=None):
         """An observed value that no particle combination can produce is a data error
@@ -720,7 +732,7 @@ class Program:
                 elif q is None or self._defends(q, name):
                     lp = self._log_prob(node, values)
                     mix = tuple(i for i, d in enumerate(lp.dims) if d in self.kdims and d != self.kdim[name])
-                    log_q = torch.logsumexp(lp.t, dim=mix, keepdim=True) - len(mix) * math.log(self.K) if mix else lp.t
+                    log_q = logsumexp(lp.t, mix, keepdim=True) - len(mix) * math.log(self.K) if mix else lp.t
                     if q is not None:   # Q_MP = (1 - defensive) Q + defensive * (the prior's mixture)
                         log_own = Named(self._narrow_q(q, name).log_prob(values[name].t), own).align(lp.dims, 0)
                         log_q = torch.logaddexp(math.log1p(-self.defensive) + log_own,

@@ -15,7 +15,14 @@ model itself with fixed seeds (the shapes are what the time depends on):
                  global hyper-latents (a mean and a log variance for each species-level
                  effect) share one K-dim, as the paper's code groups global latents:
                  apart, they make the species level's factor K^6 x 12 (8.7 billion
-                 entries at K=30), which no machine holds.
+                 entries at K=30), which no machine holds. z is enumerated (its two
+                 values, exactly: the engine's default for a Bernoulli latent);
+                 `occupancy_sampled` draws K particles of z instead, as the paper does.
+  covid          92 regions x 109 days (the paper's covid model's shape): per region a
+                 random walk of log infections (a time-series latent started at a
+                 per-region level) driven by a global growth rate and six intervention
+                 effects (an intervention indicator per region and day); daily cases
+                 ~ NegativeBinomial(total_count = 10, logits = log infections - log 10).
 
 PAPER_SECONDS holds the paper's time per QEM iteration on an RTX 3090 (figure 3), as
 issue 14 quotes them.
@@ -29,7 +36,9 @@ from engine.model import Model
 # seconds per QEM iteration on the paper's RTX 3090, by K (issue 14 gives one radon figure)
 PAPER_SECONDS = {"bus_breakdown": {3: 0.039, 10: 0.041, 30: 0.047},
                  "radon": {30: 0.042},
-                 "occupancy": {3: 0.050, 10: 0.061, 30: 0.468}}
+                 "occupancy": {3: 0.050, 10: 0.061, 30: 0.468},
+                 "occupancy_sampled": {3: 0.050, 10: 0.061, 30: 0.468},
+                 "covid": {3: 0.054, 10: 0.084}}
 
 
 def _sigmoid(x):
@@ -89,7 +98,8 @@ def radon(states: int = 4, zips: int = 150, seed: int = 0) -> Model:
     return m
 
 
-def occupancy(species: int = 12, years: int = 6, sites: int = 200, replicates: int = 5, seed: int = 0) -> Model:
+def occupancy(species: int = 12, years: int = 6, sites: int = 200, replicates: int = 5, seed: int = 0,
+              enumerate_z: bool = True) -> Model:
     rng = np.random.default_rng(seed)
     weather = rng.normal(size=(species, years, sites)).astype(np.float32)
     quality = rng.normal(size=(species, years, sites)).astype(np.float32)
@@ -106,7 +116,8 @@ def occupancy(species: int = 12, years: int = 6, sites: int = 200, replicates: i
         m.add_node(f"{g}_log_var", "latent", "Normal", {"loc": 0.0, "scale": 1.0}, group="globals")
         m.add_node(g, "latent", "Normal", {"loc": f"{g}_mean", "scale": f"exp({g}_log_var)"}, plate="species")
     m.add_node("bird_year_mean", "latent", "Normal", {"loc": "bird_mean", "scale": 1.0}, plate="years")
-    m.add_node("z", "latent", "Bernoulli", {"logits": "bird_year_mean * weather * beta"}, plate="sites")
+    m.add_node("z", "latent", "Bernoulli", {"logits": "bird_year_mean * weather * beta"}, plate="sites",
+               enumerate=enumerate_z)
     m.add_node("y", "observed", "Bernoulli", {"logits": "alpha * quality * z + (1 - z) * -10"}, plate="replicates")
     m.set_data("weather", weather, plates=["species", "years", "sites"])
     m.set_data("quality", quality, plates=["species", "years", "sites"])
@@ -114,4 +125,34 @@ def occupancy(species: int = 12, years: int = 6, sites: int = 200, replicates: i
     return m
 
 
-MODELS = {"bus_breakdown": bus_breakdown, "radon": radon, "occupancy": occupancy}
+def occupancy_sampled(**kwargs) -> Model:
+    return occupancy(enumerate_z=False, **kwargs)
+
+
+def covid(regions: int = 92, days: int = 109, interventions: int = 6, seed: int = 0) -> Model:
+    rng = np.random.default_rng(seed)
+    start_day = rng.integers(days // 10, days, size=(regions, interventions))   # each intervention stays on once started
+    npi = (np.arange(days)[None, :, None] >= start_day[:, None, :]).astype(np.float32)
+    effects = rng.normal(0.05, 0.02, interventions)
+    log_inf = np.empty((regions, days))
+    level = rng.normal(3.0, 1.0, regions)
+    for t in range(days):
+        level = level + 0.1 - npi[:, t] @ effects + rng.normal(0, 0.05, regions)
+        log_inf[:, t] = level
+    cases = rng.negative_binomial(10, 10 / (10 + np.exp(np.minimum(log_inf, 12)))).astype(np.float32)
+    m = Model("paper_covid")
+    m.add_plate("regions", regions).add_plate("days", days, parent="regions")
+    m.add_node("growth", "latent", "Normal", {"loc": 0.0, "scale": 0.5}, group="globals")
+    m.add_node("effects", "latent", "Normal", {"loc": 0.0, "scale": 0.5}, shape=[interventions], group="globals")
+    m.add_node("start", "latent", "Normal", {"loc": 3.0, "scale": 2.0}, plate="regions")
+    m.add_node("log_inf", "latent", "Normal", {"loc": "prev + growth - npi @ effects", "scale": 0.1},
+               plate="days", timeseries={"init": "start"})
+    m.add_node("cases", "observed", "NegativeBinomial", {"total_count": 10, "logits": "log_inf - log(10)"},
+               plate="days")
+    m.set_data("npi", npi, plates=["regions", "days"])
+    m.set_data("cases", cases)
+    return m
+
+
+MODELS = {"bus_breakdown": bus_breakdown, "radon": radon, "occupancy": occupancy,
+          "occupancy_sampled": occupancy_sampled, "covid": covid}

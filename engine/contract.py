@@ -307,7 +307,9 @@ def logspace_einsum(ins: list[Named], step: Step) -> Named:
     dims and exponentiated for the einsum. Where that underflows (maxima at different
     values of a summed index: [0, -200] and [-200, 0] give -inf, not -199.3), the step is
     redone in float64, and entries still -inf are recomputed exactly by a logsumexp over
-    their own slices only, so a genuine zero stays -inf and nothing is broadcast whole."""
+    their own slices only, so a genuine zero stays -inf; where they are still many (a time
+    series' matrices from particles far apart), the whole step is that logsumexp of the
+    broadcast sum, when it fits BROADCAST_MAX entries."""
     removed, out_dims, eq = step.removed, step.out_dims, step.equation
     if step.layout is not None:
         b, axes, perm = step.layout
@@ -323,13 +325,19 @@ def logspace_einsum(ins: list[Named], step: Step) -> Named:
     prod, shifts = _exp_einsum(ins, removed, out_dims, eq, None)
     if not _has_zero(prod):
         return Named(_add_shifts(torch.log(prod), shifts), out_dims)
-    bad = prod == 0
+    bad = _tiny(prod)
     if prod.dtype == torch.float32 and int(bad.sum()) * _FEW_ZEROS > prod.numel():
         # widespread underflow: a float64 pass rescues most entries at once
         prod, shifts = _exp_einsum(ins, removed, out_dims, eq, torch.float64)
         if not _has_zero(prod):
             return Named(_add_shifts(torch.log(prod), shifts).to(dtype), out_dims)
-        bad = prod == 0
+        bad = _tiny(prod)
+        sizes = {d: n for x in ins for d, n in zip(x.dims, x.t.shape)}
+        full = prod.numel() * math.prod(sizes[d] for d in removed)
+        if int(bad.sum()) * _FEW_ZEROS > prod.numel() and full <= BROADCAST_MAX:
+            # still widespread (a time series' K x K matrices from spread particles): the exact
+            # logsumexp of the broadcast sum, which cannot underflow, beats entry-by-entry repair
+            return Named(_broadcast_logsumexp(ins, removed, out_dims), out_dims)
     if not out_dims:   # a scalar: its exact value
         return Named(_exact_values(ins, removed, out_dims, None).to(dtype), out_dims)
     # the log of a safe value (no 0 * inf reaches the einsum's gradient), then the entries
@@ -340,6 +348,15 @@ def logspace_einsum(ins: list[Named], step: Step) -> Named:
 
 
 _FEW_ZEROS = 8   # up to 1 in this many entries of a float32 step underflowing: recomputed one by one
+BROADCAST_MAX = 1 << 27   # entries of a step's broadcast sum that may be materialised to repair it
+
+
+def _broadcast_logsumexp(ins, removed, out_dims) -> torch.Tensor:
+    """The step exactly: the operands' sum broadcast over (out_dims, removed), logsumexp
+    over the removed dims (innermost, where they are contiguous)."""
+    dims = (*out_dims, *removed)
+    total = sum(x.align(dims, 0) for x in ins)
+    return logsumexp(total, tuple(range(len(out_dims), len(dims))))
 
 
 def broadcast_layout(in_dims, removed, out_dims):
@@ -422,10 +439,19 @@ def logsumexp(x: torch.Tensor, axes, keepdim: bool = False) -> torch.Tensor:
 
 
 def _has_zero(prod: torch.Tensor) -> bool:
-    """Whether an einsum of exponentials (>= 0) holds a zero: one reduction and no tensor
-    of flags (prod == 0 then .any() is an allocation and two passes over the largest
-    tensor of the step). A NaN hides a zero here, but the estimate is NaN then anyway."""
-    return prod.numel() > 0 and bool(prod.amin() == 0)
+    """Whether an einsum of exponentials (>= 0) holds a zero, or an entry so small that the
+    gradient of its log (1 / entry, times operands up to 1) would overflow to inf and give
+    NaN in the einsum's backward. One reduction and no tensor of flags (a flag tensor then
+    .any() is an allocation and two passes over the largest tensor of the step). A NaN
+    hides a zero here, but the estimate is NaN then anyway."""
+    return prod.numel() > 0 and bool(prod.amin() < _TINY.get(prod.dtype, 0.0))
+
+
+def _tiny(prod: torch.Tensor) -> torch.Tensor:
+    return prod < _TINY.get(prod.dtype, 0.0)
+
+
+_TINY = {torch.float32: 2.0 ** -100, torch.float64: 2.0 ** -900}   # see _has_zero
 
 
 def _add_shifts(out: torch.Tensor, shifts: list[torch.Tensor]) -> torch.Tensor:
@@ -517,6 +543,9 @@ def _plate_einsum(ts, dims, removed, out_dims, min_batch: int = 256):
     return out.permute([have.index(d) for d in out_dims])
 
 
+_OUTER_K = 4   # a contraction this short is done as multiply-adds over the plate, not a matrix product
+
+
 class _PlateBmm(torch.autograd.Function):
     """out[n, m, p] = sum_k A[m, k, p] B[n, k, p], p innermost in all three: the batch in
     chunks small enough that each chunk's transposed copies stay in cache, every chunk
@@ -530,13 +559,18 @@ class _PlateBmm(torch.autograd.Function):
     def forward(ctx, A, B):
         M, K, P = A.shape
         N = B.shape[0]
+        ctx.save_for_backward(A, B)
+        if K <= _OUTER_K:   # a two-valued latent summed out: K multiply-adds in place beat any copy
+            out = torch.mul(B[:, None, 0], A[None, :, 0])
+            for k in range(1, K):
+                out.addcmul_(B[:, None, k], A[None, :, k])
+            return out
         out = A.new_empty((N, M, P))
         C = _PlateBmm._chunk(M * K, N * K, M * N)
         for s in range(0, P, C):
             e = min(s + C, P)
             out[:, :, s:e] = torch.bmm(A[:, :, s:e].permute(2, 0, 1).contiguous(),
                                        B[:, :, s:e].permute(2, 1, 0).contiguous()).permute(2, 1, 0)
-        ctx.save_for_backward(A, B)
         return out
 
     @staticmethod
@@ -546,6 +580,16 @@ class _PlateBmm(torch.autograd.Function):
         N = B.shape[0]
         gA = A.new_empty(A.shape) if ctx.needs_input_grad[0] else None
         gB = B.new_empty(B.shape) if ctx.needs_input_grad[1] else None
+        if K <= _OUTER_K:   # row by row of g: no temporary of g's size (fresh pages cost more than the sums)
+            if gA is not None:
+                gA.zero_()
+            for n in range(N):
+                for k in range(K):
+                    if gA is not None:
+                        gA[:, k].addcmul_(g[n], B[n, k])
+                    if gB is not None:
+                        gB[n, k] = (g[n] * A[:, k]).sum(0)
+            return gA, gB
         C = _PlateBmm._chunk(M * K, N * K, M * N)
         for s in range(0, P, C):
             e = min(s + C, P)

@@ -90,6 +90,32 @@ def test_underflowing_einsum_step_still_falls_back():
     torch.testing.assert_close(ga[0], torch.tensor([0.5, 0.5]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("broadcast_max", [0, 1 << 27])   # repaired entry by entry, or by the broadcast sum
+def test_chain_product_of_spread_matrices_is_exact_with_finite_gradients(monkeypatch, broadcast_max):
+    """A time series' K x K matrices from particles spread far apart (log densities down to
+    -5000): their products underflow even in float64, widely, and some entries come out
+    subnormal (whose log's gradient overflowed to inf and gave NaN through the einsum).
+    The log-space product must equal the float64 logsumexp of the broadcast sum, and its
+    gradient (the path posteriors, each at most 1) must match that one's."""
+    from engine import contract
+    monkeypatch.setattr(contract, "BROADCAST_MAX", broadcast_max)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 8, generator=gen, dtype=torch.float64) * 10   # (T, batch, K) particle values
+    M = -0.5 * ((x[1:, :, :, None] - x[:-1, :, None, :]) / 0.2) ** 2   # M_t[i, j]: from j at t-1 to i at t
+    M = M.float().requires_grad_(True)
+    got = contract.chain_product(M)
+    exact = M.detach().double().requires_grad_(True)
+    P = exact[0]
+    for t in range(1, exact.shape[0]):
+        P = torch.logsumexp(exact[t][:, :, :, None] + P[:, None, :, :], 2)
+    assert float(M.detach().min()) < -5000
+    torch.testing.assert_close(got.double(), P, rtol=1e-5, atol=1e-3)
+    g, = torch.autograd.grad(got.sum(), M)
+    want, = torch.autograd.grad(P.sum(), exact)
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g.double(), want, rtol=1e-3, atol=1e-4)
+
+
 def test_allocator_is_tuned_when_the_first_program_is_built(monkeypatch):
     """From Python, as from kn: the first Program applies engine.alloc.tune_allocator."""
     monkeypatch.setattr(alloc, "_done", False)
@@ -114,6 +140,8 @@ def test_allocator_is_tuned_when_the_first_program_is_built(monkeypatch):
     (("b", "c", "d", "p", "q"), ("a", "d", "p", "q"), ("d",), ("a", "b", "c", "p", "q")),
     (("c", "d", "b", "q"), ("d", "a", "q"), ("d",), ("b", "a", "c", "q")),
     (("d", "e", "a", "q"), ("e", "d", "q"), ("d", "e"), ("a", "q")),
+    # a two-valued (enumerated) index summed: multiply-adds instead of a matrix product
+    (("b", "d", "c", "p", "q"), ("a", "c", "p", "q"), ("c",), ("a", "b", "d", "p", "q")),
 ])
 def test_plate_einsum_is_einsum(case):
     """The batched matmul over innermost plates gives torch.einsum's values and gradients."""

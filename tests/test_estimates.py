@@ -254,6 +254,25 @@ def test_pareto_khat_against_arviz_and_known_tails():
         assert pareto_khat(lw) == pytest.approx(k, abs=0.15)
 
 
+def test_samples_tail_is_judged_only_where_their_weights_differ():
+    """Near-equal P_MP (log sd 0.05, 64 samples) sometimes fit a k-hat above 0.7 (ArviZ's
+    too): no heavy-tail verdict there. A real tail of shape 0.9 spreads log P_MP by more
+    than KHAT_MIN_SPREAD and is judged."""
+    from engine.result import KHAT_LIMIT, KHAT_MIN_SPREAD, Result
+    rng = np.random.default_rng(3)
+
+    def judged(log_p):
+        r = Result.__new__(Result)
+        r._stats, r.n_samples, r.samples_khat = [{"log_p": v} for v in log_p], len(log_p), pareto_khat(log_p)
+        return r.samples_khat > KHAT_LIMIT, r._heavy_tailed()
+    flat = [judged(rng.normal(0, 0.05, 64)) for _ in range(300)]
+    assert any(k for k, _ in flat) and not any(h for _, h in flat)
+    tails = [judged(np.log(rng.pareto(1 / 0.9, 64) + 1)) for _ in range(300)]
+    assert all(h for k, h in tails if k)              # every high k-hat of a real tail still counts
+    assert np.mean([np.std(np.log(rng.pareto(1 / 0.9, 64) + 1), ddof=1) >= KHAT_MIN_SPREAD
+                    for _ in range(300)]) > 0.99
+
+
 def test_convergence_criterion():
     rng = np.random.default_rng(0)
     flat = rng.normal(-100, 1, 200)

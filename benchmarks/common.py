@@ -122,10 +122,11 @@ def median_ms(ts: list[float]) -> float:
     return 1e3 * statistics.median(ts)
 
 
-def spread_ms(ts: list[float]) -> float:
-    """Half the interquartile range, in ms (0 for fewer than 4 samples)."""
+def spread_ms(ts: list[float]) -> float | None:
+    """Half the interquartile range, in ms (None, shown as "-", for fewer than 4 samples:
+    too few to say, where 0 would claim an exact figure)."""
     if len(ts) < 4:
-        return 0.0
+        return None
     q = statistics.quantiles(ts, n=4)
     return 1e3 * (q[2] - q[0]) / 2
 

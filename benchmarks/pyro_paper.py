@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import paper
+from . import paper, pyro_tmc
 
 # plates of each model, outermost first, as Pyro plate dims from the right
 PLATES = {"bus_breakdown": ("years", "boroughs", "ids"), "radon": ("states", "zips")}
@@ -25,8 +25,10 @@ def engine_model(name: str, **kwargs):
     return m
 
 
-class PyroTMC:
-    """One `step()` = TMC loss, backward, Adam step, with the engine's data and starting Q."""
+class PyroTMC(pyro_tmc.PyroTMC):
+    """One `step()` = TMC loss, backward, Adam step, with the engine's data and starting Q
+    (the data live in the model's closure: no model arguments)."""
+    model_args = ()
 
     def __init__(self, name: str, fitter, K: int, seed: int = 0, lr: float = 0.03, **kwargs):
         import pyro
@@ -106,14 +108,3 @@ class PyroTMC:
         self.guide = config_enumerate(guide, default="parallel", num_samples=K, expand=False)
         self.elbo = TraceTMC_ELBO(max_plate_nesting=n)
         self.opt = torch.optim.Adam([t for pair in self.params.values() for t in pair], lr=lr)
-
-    def log_p(self) -> torch.Tensor:
-        """The TMC estimate of log P(data) (Pyro's differentiable loss is its negative)."""
-        return -self.elbo.differentiable_loss(self.model, self.guide)
-
-    def step(self) -> float:
-        lp = self.log_p()
-        self.opt.zero_grad()
-        (-lp).backward()
-        self.opt.step()
-        return float(lp.detach())

@@ -31,7 +31,7 @@ class PyroTMC:
 
         pyro.set_rng_seed(seed)
         pyro.clear_param_store()
-        self.pyro, self.x, self.K = pyro, x, K
+        self.pyro, self.x, self.K, self.model_args = pyro, x, K, (x,)
         G, N = x.shape
         self.params = {"mu_loc": q["mu_loc"].detach().clone().requires_grad_(),
                        "mu_log_scale": q["mu_scale"].detach().log().requires_grad_(),
@@ -58,8 +58,8 @@ class PyroTMC:
         self.opt = torch.optim.Adam(list(p.values()), lr=lr)
 
     def log_p(self) -> torch.Tensor:
-        """The TMC estimate of log P(x) (Pyro's differentiable loss is its negative)."""
-        return -self.elbo.differentiable_loss(self.model, self.guide, self.x)
+        """The TMC estimate of log P(data) (Pyro's differentiable loss is its negative)."""
+        return -self.elbo.differentiable_loss(self.model, self.guide, *self.model_args)
 
     def step(self) -> float:
         lp = self.log_p()

@@ -26,7 +26,6 @@ import torch
 from .diagnostics import converged, elbo_rise, hdi, pareto_khat, window_for
 from .dists import DISTRIBUTIONS
 from .errors import ModelError
-from .named import Named
 from .program import Program
 from .safeio import atomic_write_text
 
@@ -100,13 +99,13 @@ class Result:
     def _pool(self) -> None:
         S = len(self._stats)
         log_p = np.array([st["log_p"] for st in self._stats])
-        alpha = np.exp(log_p - log_p.max())
-        alpha /= alpha.sum()
+        w = np.exp(log_p - log_p.max())
+        alpha = w / w.sum()
         self.n_samples, self.alpha = S, alpha
-        lse = log_p.max() + math.log(np.exp(log_p - log_p.max()).sum())
-        self.log_marginal = float(lse - math.log(S))
+        self.log_marginal = float(log_p.max() + math.log(w.sum()) - math.log(S))
         self.log_marginal_mcse = float(math.sqrt(((S * alpha - 1) ** 2).sum() / (S * (S - 1))))
-        self.elbo, self.elbo_mcse = float(log_p.mean()), float(log_p.std(ddof=1) / math.sqrt(S))
+        self.samples_log_sd = float(log_p.std(ddof=1)) if S > 1 else float("nan")   # nats: how far the samples disagree
+        self.elbo, self.elbo_mcse = float(log_p.mean()), self.samples_log_sd / math.sqrt(S)
         self.effective_samples = float(1 / (alpha ** 2).sum())
         self.samples_khat = pareto_khat(log_p) if S >= 20 else float("nan")
         c = S / (S - 1)
@@ -140,8 +139,7 @@ class Result:
         sd about k, so a real tail past 0.7 shows that spread; below it the weights are
         nearly equal and the tail fit is noise (ArviZ's k-hat tops 0.7 in about 1 in 100
         sets of 64 weights of sd 0.05)."""
-        spread = float(np.std([st["log_p"] for st in self._stats], ddof=1)) if self.n_samples > 1 else 0.0
-        return self.n_samples >= 20 and self.samples_khat > KHAT_LIMIT and spread >= KHAT_MIN_SPREAD
+        return self.n_samples >= 20 and self.samples_khat > KHAT_LIMIT and self.samples_log_sd >= KHAT_MIN_SPREAD
 
     def worst_mcse_ratio(self) -> float:
         """The largest MCSE of a mean, in posterior sds, over every latent element."""
@@ -167,10 +165,9 @@ class Result:
                                 f"one particle dominates, so the moments rest on it. Try: {fix}a larger K"
                                 f"{', or a better proposal' if self.method != 'is' else ''}."))
         if S >= 4 and not self._samples_agree():
-            spread = float(np.std([st["log_p"] for st in self._stats], ddof=1))
             tail = f" and their Pareto k-hat is {self.samples_khat:.2f}" if self._heavy_tailed() else ""
             out.append(_warning("mcse", list(self.latents),
-                                f"the {S} pooled samples' log P_MP spread by {spread:.2f} nats{tail}, so the estimates "
+                                f"the {S} pooled samples' log P_MP spread by {self.samples_log_sd:.2f} nats{tail}, so the estimates "
                                 f"rest on about {self.effective_samples:.1f} of them and their MCSEs are unreliable. "
                                 f"Try: a larger K, more iterations, or QEM for a proposal closer to the posterior."))
         big = {}

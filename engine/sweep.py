@@ -364,12 +364,15 @@ def format_seconds(s: float | None) -> str:
 
 
 def progress_line(info: dict) -> str:
-    """'[ 3/24] hg qem K=10 seed=1: ELBO -12.3, 4.1 ms/it (0:05 elapsed, ETA 0:35)'."""
+    """'[ 3/24] hg qem K=10 seed=1: ELBO -12.3, log P -12.1 ± 0.03, 4.1 ms/it (0:05 elapsed, ETA 0:35)'
+    (ELBO: the last iteration's; log P: the pooled estimate with its MCSE)."""
     r, width = info["row"], len(str(info["total"]))
     head = f"[{info['done']:>{width}}/{info['total']}] {r['model']} {r['method']} K={r['K']} seed={r['seed']}: "
     if r.get("status") == "ok":
         spi = r.get("seconds_per_iter")
-        body = f"ELBO {r['final_elbo']:.4g}" + (f", {1e3 * spi:.3g} ms/it" if spi else "")
+        body = f"ELBO {r['final_elbo']:.4g}" + (f", log P {r['log_marginal']:.4g} ± {r['log_marginal_mcse']:.2g}"
+                                                if r.get("log_marginal") is not None else "") \
+            + (f", {1e3 * spi:.3g} ms/it" if spi else "")
     else:
         body = f"FAILED: {r.get('error')}"
     return head + body + f" ({format_seconds(info['elapsed'])} elapsed, ETA {format_seconds(info['eta'])})"

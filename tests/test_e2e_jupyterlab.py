@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from test_e2e_workbench import CHROMIUM, _free_port, _wait_text, launch
+from test_e2e_workbench import CHROMIUM, _free_port, _wait_text, launch, start_process, stop_server
 from test_workbench_views import conjugate_model
 
 pytestmark = pytest.mark.e2e
@@ -39,36 +39,18 @@ def lab(tmp_path_factory):
           "nbformat": 4, "nbformat_minor": 5}
     (here / "wb.ipynb").write_text(json.dumps(nb))
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "JUPYTER_CONFIG_DIR": str(here / "config"), "JUPYTER_RUNTIME_DIR": str(here / "runtime"),
-           "XDG_DATA_HOME": str(here / "data")}
-    log = open("/tmp/wb_e2e_lab.log", "w")
-    proc = subprocess.Popen([str(jupyter), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-                             "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-                             f"--ServerApp.root_dir={here}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-                             "jupyterlab.NeverCheckForUpdate", *(["--allow-root"] if os.geteuid() == 0 else [])],
-                            cwd=here, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    import urllib.request
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"jupyter lab exited: {Path('/tmp/wb_e2e_lab.log').read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/api/status", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("jupyter lab did not start within 120 s")
+    env = {"JUPYTER_CONFIG_DIR": str(here / "config"), "JUPYTER_RUNTIME_DIR": str(here / "runtime"),
+           "XDG_DATA_HOME": str(here / "data")}
+    cmd = [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+           "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+           f"--ServerApp.root_dir={here}", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
+           "jupyterlab.NeverCheckForUpdate", *(["--allow-root"] if os.geteuid() == 0 else [])]
+    proc, url, log = start_process(cmd, "/tmp/wb_e2e_lab.log", url,
+                                   lambda: urllib.request.urlopen(f"{url}/api/status", timeout=2).close(),
+                                   "jupyter lab", timeout=120, cwd=here, env=env)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_server(proc, log)
 
 
 def test_workbench_renders_offline_and_streams_a_run(lab):

@@ -35,34 +35,38 @@ def _server_cmd(port: int, workspace) -> list[str]:
     return cmd + ["serve", "--port", str(port), "--workspace", str(workspace)]
 
 
+def start_process(cmd, log_path: str, url: str, ready, what: str, timeout: float = 90, cwd=ROOT, env=None):
+    """Start `cmd` with its output in `log_path` and wait until `ready()` stops raising
+    OSError: (process, url, log file). Fails the test with the log's tail if it exits."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited: {Path(log_path).read_text()[-2000:]}")
+        try:
+            ready()
+            return proc, url, log
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"{what} did not start within {timeout:g} s")
+
+
 def start_server(workspace, log_path: str):
     """A served app on a free port: (process, url, log file)."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    log = open(log_path, "w")
-    proc = subprocess.Popen(_server_cmd(port, workspace), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited: {Path(log_path).read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the server did not start within 90 s")
-    return proc, url, log
+    return start_process(_server_cmd(port, workspace), log_path, f"http://127.0.0.1:{port}",
+                         lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(), "the server")
 
 
 def stop_server(proc, log):
     proc.terminate()
     try:
-        proc.wait(10)
+        proc.wait(15)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()

@@ -9,7 +9,7 @@ import torch
 
 from engine import Model, ModelError, datasets
 from engine.cli import main as kn
-from engine.diagnostics import converged, hdi, pareto_khat
+from engine.diagnostics import converged, pareto_khat
 from engine.fit import Fitter, choose_K
 from engine.proposal import FAMILIES, NormalQ, Proposal
 
@@ -263,7 +263,7 @@ def test_samples_tail_is_judged_only_where_their_weights_differ():
 
     def judged(log_p):
         r = Result.__new__(Result)
-        r._stats, r.n_samples, r.samples_khat = [{"log_p": v} for v in log_p], len(log_p), pareto_khat(log_p)
+        r.n_samples, r.samples_khat, r.samples_log_sd = len(log_p), pareto_khat(log_p), float(np.std(log_p, ddof=1))
         return r.samples_khat > KHAT_LIMIT, r._heavy_tailed()
     flat = [judged(rng.normal(0, 0.05, 64)) for _ in range(300)]
     assert any(k for k, _ in flat) and not any(h for _, h in flat)

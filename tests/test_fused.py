@@ -4,12 +4,10 @@ the whole factor summed, in a fitted model.
 
 Every fused path is the same value as torch's to float rounding: float64 here, so the
 tolerance is a few hundred ulps of the terms summed."""
-import math
 
 import numpy as np
 import pytest
 import torch
-import torch.distributions as D
 
 from engine.dists import DISTRIBUTIONS, event_sum, fast_log_prob, summed_log_prob
 from engine.model import Model

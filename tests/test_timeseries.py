@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import norm
 
 from engine import Model, ModelError

@@ -32,7 +32,7 @@ from .compare import CompareTab
 from .compat import W
 from .editing import Edited, layout_of, suggest
 from .forms import HINT, DataForm, NodeForm, PlateForm, Text
-from .runs import METHODS, Jobs, RunController, default_settings
+from .runs import METHODS, Jobs, RunController, default_settings, wait_until
 from .tabs import ViewTabs, wrap
 from .views import safe_html
 
@@ -863,9 +863,4 @@ class Workbench:
 
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until the current run and loads end, draining updates (for scripts and tests)."""
-        end = time.time() + timeout
-        while time.time() < end:
-            if self.poll():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_until(self.poll, timeout)

@@ -203,7 +203,8 @@ def _round(x, digits: int):
 
 
 def table(rows):
-    """One line per cell, for people: ELBO, log marginal and ESS/K to 0.01, times to 0.1 ms
+    """One line per cell, for people: the last iteration's ELBO, the pooled log marginal (with
+    its Monte Carlo error) and ESS/K to 0.01, times to 0.1 ms
     (how many of those digits mean anything, the spread over seeds in the figures says)."""
     import pandas as pd
     out = []
@@ -214,6 +215,7 @@ def table(rows):
                     "status": r.get("status"),
                     "final ELBO": _round(r.get("final_elbo"), 2) if ok else None,
                     "log marginal": _round(r.get("log_marginal"), 2) if ok else None,
+                    "± MCSE": _round(r.get("log_marginal_mcse"), 3) if ok else None,
                     "ESS/K (worst)": _round(ess_ratio(r), 2) if ok else None,
                     "ms / iteration": _round(1e3 * spi, 1) if spi else None,
                     "warnings": "; ".join(w.get("message", w.get("kind", "")) for w in r.get("warnings") or []),
@@ -419,13 +421,8 @@ class CompareTab:
 
     def wait(self, timeout: float = 120.0) -> bool:
         """Block until the sweep ends, draining updates (for scripts and tests)."""
-        import time
-        end = time.time() + timeout
-        while time.time() < end:
-            if self.poll():
-                return True
-            time.sleep(0.05)
-        return False
+        from .runs import wait_until
+        return wait_until(self.poll, timeout)
 
     def _download(self):
         doc = self.doc or {"format": SW.FORMAT, "settings": {}, "models": {}, "rows": self.rows}

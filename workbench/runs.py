@@ -22,6 +22,18 @@ from engine import ModelError
 METHODS = {"IS": "is", "QEM": "qem", "RWS": "rws", "VI": "vi", "global": "global"}
 
 
+def wait_until(poll, timeout: float) -> bool:
+    """Call `poll` (which drains a component's pending updates and says whether its work
+    has ended) every 50 ms until it returns True or `timeout` seconds pass; for scripts
+    and tests, where no event loop drains the updates."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if poll():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def default_settings(model=None) -> dict:
     """The run settings a session starts with: engine.fit.DEFAULTS, the CLI's (K "auto"
     resolved for `model` by engine.fit.choose_K; 10 without one); a run stops earlier

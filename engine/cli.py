@@ -55,7 +55,7 @@ def info(args) -> int:
                 f"{st['output_elements']:.3g} elements")
         if "chain" in comp:
             c = comp["chain"]
-            out(f"      then the {c['description']} ({c['depth']} steps)")
+            out(f"      then the {c['description']} ({c['depth']} sequential steps)")
     out(f"estimated peak memory at K={K} ({str(prog.dtype).replace('torch.', '')}, with gradients): "
         f"{human_bytes(prog.memory_estimate())}; budget {human_bytes(prog.memory_budget)}")
     if prog.split is not None:

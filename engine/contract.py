@@ -11,11 +11,12 @@ over the plate's elements and handed to the enclosing level as a new factor.
 A time-series latent couples consecutive elements of its plate: its factor holds its own
 K-dim and its previous element's ("K:x~prev"). Its component sums out everything else per
 element, leaving one K x K matrix per element (and per value of the outer K-dims), and the
-plate's product over elements becomes the chain's matrix product, taken as a log-space
-tree of pairwise products: O(log T) sequential steps (`chain_logsumexp`).
+plate's product over elements becomes the chain's matrix product, summed over paths by
+the backward algorithm in log space (`chain_logsumexp`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class Step:
     removed: tuple[str, ...]     # dims summed out at this step
     out_dims: tuple[str, ...]
     equation: str
+    plate_sum: tuple | None = None   # summed_step_layout: the result is only used summed over a plate
     layout: tuple | None = field(init=False)   # broadcast_layout of the step
 
     def __post_init__(self):
@@ -142,7 +144,9 @@ class Plan:
                                      f"({len(_LETTERS)}); give latents of one plate a shared K-dim with \"group\"")
                 letter = {d: _LETTERS[i] for i, d in enumerate(present)}
             seq = ",".join("".join(letter[d] for d in i) for i in ins) + "->" + "".join(letter[d] for d in o)
-            steps.append(Step(tuple(pos), tuple(ins), removed, o, seq))
+            last = not rest and plate is not None and not chain
+            summed = summed_step_layout(tuple(ins), removed, o, plate, self.sizes) if last else None
+            steps.append(Step(tuple(pos), tuple(ins), removed, o, seq, summed))
             work = rest + [o]
         return Component(names, here, out, steps, info, log_k, chain)
 
@@ -193,9 +197,9 @@ class Plan:
                 if comp.chain:
                     n = math.prod(self.sizes[c] for c, _, _ in comp.chain)
                     d["chain"] = {"along": level.plate, "dims": [list(c[:2]) for c in comp.chain], "states": n,
-                                  "depth": max(1, math.ceil(math.log2(max(self.sizes[level.plate] - 1, 1)))),
+                                  "depth": max(self.sizes[level.plate] - 1, 1),
                                   "description": f"time series: a {n} x {n} matrix per element of "
-                                                 f"{level.plate!r}, multiplied in a log-space tree"}
+                                                 f"{level.plate!r}, summed over paths by the backward algorithm"}
                 if comp.info is not None:
                     info = comp.info
                     d.update(equation=info.eq, naive_flops=int(info.naive_cost), optimized_flops=int(info.opt_cost),
@@ -217,18 +221,26 @@ def chain_logsumexp(res: Named, chain, plate: str) -> Named:
     `plate`, M_t[current, previous] (and any outer dims). At t = 0 the previous index runs
     over the init's particles (a chain with an init K-dim, which the result keeps) or is not
     real (every previous index gives the same value, and index 0 is used).
-    Returns log sum over all index paths of sum_t M_t, over the outer dims."""
+    Returns log sum over all index paths of sum_t M_t, over the outer dims.
+
+    The backward algorithm, in log space: b_{T-1} = 0, b_{t-1}[j] = logsumexp_i b_t[i] +
+    M_t[i, j], down to the first element's matrix: T - 1 sequential steps of S x S terms
+    each, exact (a logsumexp cannot underflow), where a tree of pairwise matrix products
+    takes log T steps of S^3 each and underflows when particles spread (covid at K=10:
+    2 s an iteration in the tree's repairs, against 0.1 s this way). Each b is shifted by
+    its max, the shifts summed in float64, so the float32 b does not grow with T."""
     batch, M, v0 = chain_matrices(res, chain, plate)
     init = chain[0][2] if len(chain) == 1 else None
-    if init is not None:                                  # (batch, S, init): M_{T-1} ... M_0
-        P = chain_product(torch.cat([v0.unsqueeze(0), M]))
-        return Named(logsumexp(P, (-2,)), (*batch, init))
-    if M.shape[0]:
-        P = chain_product(M)                              # (batch, S, S): M_{T-1} ... M_1
-        total = logsumexp(P + v0[..., 0].unsqueeze(-2), (-2, -1))
-    else:
-        total = logsumexp(v0[..., 0], (-1,))
-    return Named(total, batch)
+    b = M.new_zeros(v0.shape[:-1])                    # (*outer, S): log of 1 at the last element
+    shift = torch.zeros(v0.shape[:-2], dtype=torch.float64, device=v0.device)
+    for m in reversed(M.unbind(0)):   # unbind: one stack of the gradients, not one full-size add per element
+        b = logsumexp(b.unsqueeze(-1) + m, -2)
+        c = b.detach().amax(-1, keepdim=True)
+        c = torch.where(torch.isinf(c), 0.0, c)
+        b, shift = b - c, shift + c.squeeze(-1)
+    if init is not None:                              # (*outer, init)
+        return Named((logsumexp(b.unsqueeze(-1) + v0, -2) + shift[..., None]).to(M.dtype), (*batch, init))
+    return Named((logsumexp(b + v0[..., 0], -1) + shift).to(M.dtype), batch)
 
 
 def chain_matrices(res: Named, chain, plate: str):
@@ -242,36 +254,6 @@ def chain_matrices(res: Named, chain, plate: str):
     S = math.prod(t.shape[1 + n_b:1 + n_b + len(cur)])
     t = t.reshape(*t.shape[:1 + n_b], S, S)
     return batch, t[1:], t[0]
-
-
-_SCAN = ("<i>", "<m>", "<j>")
-
-
-def chain_product(M: torch.Tensor) -> torch.Tensor:
-    """M_{n-1} ... M_1 M_0 in log space (each (…, S, S), the product's [i, j] the logsumexp
-    over paths from j to i), by pairwise products level by level: ceil(log2 n) steps, each
-    an underflow-guarded log-space einsum over all pairs at once."""
-    while M.shape[0] > 1:
-        n = M.shape[0] // 2
-        later, earlier = M[1:2 * n:2], M[0:2 * n:2]
-        dims = tuple(f"<b{i}>" for i in range(M.dim() - 2))
-        a, b = Named(later, (*dims, "<i>", "<m>")), Named(earlier, (*dims, "<m>", "<j>"))
-        prod = logspace_einsum([a, b], _scan_step(dims)).t
-        M = torch.cat([prod, M[2 * n:]]) if M.shape[0] % 2 else prod
-    return M[0]
-
-
-_SCAN_STEPS: dict = {}
-
-
-def _scan_step(dims: tuple[str, ...]) -> "Step":
-    if dims not in _SCAN_STEPS:
-        letter = {d: opt_einsum.get_symbol(i) for i, d in enumerate((*dims, *_SCAN))}
-        a, b, o = (*dims, "<i>", "<m>"), (*dims, "<m>", "<j>"), (*dims, "<i>", "<j>")
-        eq = "".join(letter[d] for d in a) + "," + "".join(letter[d] for d in b) + "->" + \
-            "".join(letter[d] for d in o)
-        _SCAN_STEPS[dims] = Step((0, 1), (a, b), ("<m>",), o, eq)
-    return _SCAN_STEPS[dims]
 
 
 def _components(names, dims_of, local):
@@ -298,7 +280,17 @@ def _components(names, dims_of, local):
 
 
 def logspace_einsum(ins: list[Named], step: Step) -> Named:
-    """log einsum(exp(a), exp(b), ...) for one step of a plan.
+    """log einsum(exp(a), exp(b), ...) for one step of a plan; a `Deferred` where the
+    step's result is only used summed over a plate and its sum can be taken without
+    holding it (`log_matmul`)."""
+    if step.plate_sum is not None:
+        return Deferred(step.out_dims, lambda: _logspace_einsum(ins, step),
+                        lambda plate: log_matmul(ins, step.removed, step.out_dims, step.plate_sum, plate))
+    return _logspace_einsum(ins, step)
+
+
+def _logspace_einsum(ins: list[Named], step: Step) -> Named:
+    """log einsum(exp(a), exp(b), ...) for one step, held whole.
 
     When one operand holds every index of the step (a plate level's 'abc,bc->ac': a
     latent's factor and its children's message), that is a logsumexp of the operands'
@@ -308,8 +300,9 @@ def logspace_einsum(ins: list[Named], step: Step) -> Named:
     values of a summed index: [0, -200] and [-200, 0] give -inf, not -199.3), the step is
     redone in float64, and entries still -inf are recomputed exactly by a logsumexp over
     their own slices only, so a genuine zero stays -inf; where they are still many (a time
-    series' matrices from particles far apart), the whole step is that logsumexp of the
-    broadcast sum, when it fits BROADCAST_MAX entries."""
+    series' matrices from particles far apart), the whole step is taken exactly by
+    `log_matmul` (or, for a step not of its form, the logsumexp of the broadcast sum,
+    when that fits BROADCAST_MAX entries)."""
     removed, out_dims, eq = step.removed, step.out_dims, step.equation
     if step.layout is not None:
         b, axes, perm = step.layout
@@ -332,12 +325,15 @@ def logspace_einsum(ins: list[Named], step: Step) -> Named:
         if not _has_zero(prod):
             return Named(_add_shifts(torch.log(prod), shifts).to(dtype), out_dims)
         bad = _tiny(prod)
-        sizes = {d: n for x in ins for d, n in zip(x.dims, x.t.shape)}
-        full = prod.numel() * math.prod(sizes[d] for d in removed)
-        if int(bad.sum()) * _FEW_ZEROS > prod.numel() and full <= BROADCAST_MAX:
-            # still widespread (a time series' K x K matrices from spread particles): the exact
-            # logsumexp of the broadcast sum, which cannot underflow, beats entry-by-entry repair
-            return Named(_broadcast_logsumexp(ins, removed, out_dims), out_dims)
+        if int(bad.sum()) * _FEW_ZEROS > prod.numel():
+            # still widespread (a time series' K x K matrices from spread particles): the step
+            # exactly, which cannot underflow, beats entry-by-entry repair
+            layout = matmul_layout(step.in_dims, removed, out_dims)
+            if layout is not None:
+                return Named(log_matmul(ins, removed, out_dims, layout).to(dtype), out_dims)
+            sizes = {d: n for x in ins for d, n in zip(x.dims, x.t.shape)}
+            if prod.numel() * math.prod(sizes[d] for d in removed) <= BROADCAST_MAX:
+                return Named(_broadcast_logsumexp(ins, removed, out_dims), out_dims)
     if not out_dims:   # a scalar: its exact value
         return Named(_exact_values(ins, removed, out_dims, None).to(dtype), out_dims)
     # the log of a safe value (no 0 * inf reaches the einsum's gradient), then the entries
@@ -413,18 +409,29 @@ class _LogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, axes):
-        m = x.amax(axes, keepdim=True)
-        m = torch.where(torch.isinf(m), torch.zeros((), dtype=m.dtype, device=m.device), m)
-        low = _EXP_LOW.get(x.dtype, -87.0)
-        e = torch.sub(x, m).clamp_min_(low).exp_().sub_(math.exp(low)).clamp_min_(0.0)
-        s = e.sum(axes, keepdim=True)
+        m, e, s = _shifted_exp(x, axes)
         ctx.save_for_backward(e, s)
         return torch.log(s).add_(m)
 
     @staticmethod
     def backward(ctx, g):
         e, s = ctx.saved_tensors
-        return e * torch.where(s > 0, g / s, torch.zeros((), dtype=g.dtype, device=g.device)), None
+        return _softmax_grad(e, s, g), None
+
+
+def _shifted_exp(x: torch.Tensor, axes, out: torch.Tensor | None = None):
+    """(m, e, s): the max over `axes` (0 where it is infinite), exp(x - m) flushed below
+    the normal range (into `out` if given), and its sum; log(s) + m is the logsumexp."""
+    m = x.amax(axes, keepdim=True)
+    m = torch.where(torch.isinf(m), torch.zeros((), dtype=m.dtype, device=m.device), m)
+    low = _EXP_LOW.get(x.dtype, -87.0)
+    e = torch.sub(x, m, out=out).clamp_min_(low).exp_().sub_(math.exp(low)).clamp_min_(0.0)
+    return m, e, e.sum(axes, keepdim=True)
+
+
+def _softmax_grad(e, s, g):
+    """g times the softmax e / s, 0 on a slice whose terms are all 0 (all -inf)."""
+    return e * torch.where(s > 0, g / s, torch.zeros((), dtype=g.dtype, device=g.device))
 
 
 def logsumexp(x: torch.Tensor, axes, keepdim: bool = False) -> torch.Tensor:
@@ -544,6 +551,147 @@ def _plate_einsum(ts, dims, removed, out_dims, min_batch: int = 256):
 
 
 _OUTER_K = 4   # a contraction this short is done as multiply-adds over the plate, not a matrix product
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_layout(in_dims, removed, out_dims, plate=None):
+    """For a step over two operands that both hold every summed dim, whose other dims are
+    each either in one operand or in both and the output (batch dims; `plate`, if given,
+    one of them): per operand the permutation to (own dims, summed, batch less the plate,
+    the plate), the own dims of each, and the batch less the plate. Else None."""
+    if len(in_dims) != 2 or not removed:
+        return None
+    da, db = in_dims
+    shared = [d for d in da if d in db and d not in removed]
+    fa = tuple(d for d in da if d not in db)
+    fb = tuple(d for d in db if d not in da)
+    if not all(r in da and r in db for r in removed) or sorted((*fa, *fb, *shared)) != sorted(out_dims) or \
+            (plate is not None and plate not in shared):
+        return None
+    batch = tuple(d for d in out_dims if d in shared and d != plate)
+    tail = (*removed, *batch, *((plate,) if plate else ()))
+    return tuple(da.index(d) for d in (*fa, *tail)), tuple(db.index(d) for d in (*fb, *tail)), fa, fb, batch
+
+
+def log_matmul(ins: list[Named], removed, out_dims, layout, plate=None) -> torch.Tensor:
+    """The step exactly (log sum over `removed` of exp(a + b), terms never held whole,
+    _LogMatmul), with `layout` from matmul_layout; summed over `plate` if given: dims
+    `out_dims` less the plate."""
+    (pa, pb, fa, fb, batch), (a, b) = layout, ins
+    size = a.sizes | b.sizes
+    Q = math.prod(size[d] for d in batch)
+
+    def operand(x, order, free):   # (own, summed, batch, plate or 1)
+        t = x.t.permute(order) if order != tuple(sorted(order)) else x.t
+        return t.reshape(math.prod(size[d] for d in free), math.prod(size[d] for d in removed), Q, -1)
+    A, B = operand(a, pa, fa), operand(b, pb, fb)
+    if A.shape[0] > B.shape[0]:   # the operand with fewer rows whole in every block
+        (A, fa), (B, fb) = (B, fb), (A, fa)
+    out = _LogMatmul.apply(A, B)                                       # (rows of B, rows of A, Q)
+    have = (*fb, *fa, *batch)
+    out = out.reshape([size[d] for d in have])
+    return out.permute([have.index(d) for d in out_dims if d != plate])
+
+
+def summed_step_layout(in_dims, removed, out_dims, plate, sizes):
+    """matmul_layout of a step whose result is used only summed over `plate`, where its
+    summed dims are short (at most _OUTER_K values together: an enumerated Bernoulli or
+    small Categorical, or K <= 4 particles): taken as it goes (`log_matmul`), its terms
+    cost no more than the result would, and the result is never held. Else None."""
+    if not removed or math.prod(sizes[d] for d in removed) > _OUTER_K:
+        return None
+    return matmul_layout(in_dims, removed, out_dims, plate)
+
+
+class _LogMatmul(torch.autograd.Function):
+    """out[n, m, q] = sum_s log sum_k exp(A[m, k, q, s] + B[n, k, q, s]), block by block in
+    cache, so the (n, m, k, q, s) terms (occupancy's z at K=30: 3.9e8, a covid chain's
+    10 x 10 x 10 per matrix product) are never held, and their backward pass recomputes
+    them. A has the fewer rows. s is a plate summed as it goes (length 1: none).
+
+    Two values (k = 0, 1), every term finite: log(e^x0 + e^x1) = x0 + softplus(x1 - x0),
+    and x1 - x0 = dA[m] + dB[n] with dA = A1 - A0, dB = B1 - B0, so the x0 part sums per
+    operand, and per term there is one add, one exp and one log (of 1 + e^x: 2.5x faster
+    than log1p here, and its rounding costs under 6e-8 a term); its gradient is
+    sigmoid(x1 - x0). Otherwise (more values, or -inf terms: a value the data rule out)
+    a logsumexp of the block's terms, and its softmax for the gradient."""
+
+    BLOCK = 1 << 18   # terms per block
+
+    @staticmethod
+    def _blocks(N, per_row, Q, S):
+        """(n, q) ranges of blocks of about BLOCK terms, rows of B first (the sums over
+        them then stay within a block), and the largest block's row and q counts."""
+        per = per_row * S
+        nb = max(1, min(N, _LogMatmul.BLOCK // per))
+        qb = max(1, min(Q, _LogMatmul.BLOCK // (per * nb)))
+        return nb, qb, [(n, min(n + nb, N), q, min(q + qb, Q)) for q in range(0, Q, qb) for n in range(0, N, nb)]
+
+    @staticmethod
+    def forward(ctx, A, B):
+        M, K, Q, S = A.shape
+        N = B.shape[0]
+        out = A.new_empty((N, M, Q))
+        ctx.fast = False
+        if K == 2:
+            dA, dB = A[:, 1] - A[:, 0], B[:, 1] - B[:, 0]                    # (M, Q, S), (N, Q, S)
+            hi, lo = float(dA.amax() + dB.amax()), float(dA.amin() + dB.amin())
+            ctx.fast = math.isfinite(hi) and math.isfinite(lo)   # NaN or inf: some term is -inf
+        nb, qb, blocks = _LogMatmul._blocks(N, M * (1 if ctx.fast else K), Q, S)
+        buf = A.new_empty(nb * M * qb * S * (1 if ctx.fast else K))
+        view = lambda t, shape: t[:math.prod(shape)].view(shape)
+        if ctx.fast:
+            ctx.save_for_backward(dA, dB)
+            ctx.spread = max(abs(hi), abs(lo))
+            low = _EXP_LOW.get(A.dtype, -87.0)
+            high = -low - 8.0   # below exp's overflow; softplus(x) is x above it
+            over = torch.empty_like(buf) if hi > high else None
+            for n0, n1, q0, q1 in blocks:
+                x = torch.add(dB[n0:n1, None, q0:q1], dA[None, :, q0:q1], out=view(buf, (n1 - n0, M, q1 - q0, S)))
+                above = torch.sub(x, high, out=view(over, x.shape)).clamp_min_(0.0).sum(-1) if hi > high else 0.0
+                if hi > high or lo < low:
+                    x.clamp_(low, high)
+                out[n0:n1, :, q0:q1] = x.exp_().add_(1.0).log_().sum(-1).add_(above)
+            return out.add_(A[:, 0].sum(-1)).add_(B[:, 0].sum(-1)[:, None])
+        for n0, n1, q0, q1 in blocks:
+            x = torch.add(B[n0:n1, None, :, q0:q1], A[None, :, :, q0:q1], out=view(buf, (n1 - n0, M, K, q1 - q0, S)))
+            m, _, s = _shifted_exp(x, (2,), out=x)
+            out[n0:n1, :, q0:q1] = s.log_().add_(m).sum((2, -1))
+        ctx.save_for_backward(A, B)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        N, M, Q = g.shape
+        if ctx.fast:
+            dA, dB = ctx.saved_tensors
+            S = dA.shape[-1]
+            gA, gB = dA.new_empty((M, 2, Q, S)), dB.new_empty((N, 2, Q, S))
+            gdA = gA[:, 1].zero_()
+            nb, qb, blocks = _LogMatmul._blocks(N, M, Q, S)
+            buf = dA.new_empty(nb * M * qb * S)
+            low = _EXP_LOW.get(dA.dtype, -87.0)
+            for n0, n1, q0, q1 in blocks:
+                x = torch.add(dB[n0:n1, None, q0:q1], dA[None, :, q0:q1],
+                              out=buf[:(n1 - n0) * M * (q1 - q0) * S].view(n1 - n0, M, q1 - q0, S))
+                if ctx.spread > -low:   # sigmoid is 0 or 1 out there; its exp would be subnormal (the slow path)
+                    x.clamp_(low, -low)
+                x = x.sigmoid_().mul_(g[n0:n1, :, q0:q1, None])
+                gdA[:, q0:q1] += x.sum(0)
+                torch.sum(x, 1, out=gB[n0:n1, 1, q0:q1])
+            torch.sub(g.sum(0)[..., None], gdA, out=gA[:, 0])
+            torch.sub(g.sum(1)[..., None], gB[:, 1], out=gB[:, 0])
+            return gA, gB
+        A, B = ctx.saved_tensors
+        K, S = A.shape[1], A.shape[-1]
+        gA, gB = torch.zeros_like(A), torch.empty_like(B)
+        for n0, n1, q0, q1 in _LogMatmul._blocks(N, M * K, Q, S)[2]:
+            x = B[n0:n1, None, :, q0:q1] + A[None, :, :, q0:q1]
+            _, e, s = _shifted_exp(x, (2,), out=x)
+            w = _softmax_grad(e, s, g[n0:n1, :, None, q0:q1, None])
+            gA[:, :, q0:q1] += w.sum(0)
+            torch.sum(w, 1, out=gB[n0:n1, :, q0:q1])
+        return gA, gB
 
 
 class _PlateBmm(torch.autograd.Function):

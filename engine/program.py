@@ -18,7 +18,7 @@ from torch.distributions import constraints
 from torch.utils.checkpoint import checkpoint
 
 from .alloc import tune_allocator
-from .contract import BROADCAST_MAX, Plan, logsumexp
+from .contract import Plan, logsumexp
 from .dists import (build, deferred_log_prob, event_sum, fast_log_prob, get_spec, impossible, range_error, range_ok,
                     support_fill, to_dtype)
 from .errors import ModelError
@@ -867,14 +867,13 @@ class Program:
                 for name, dims in self.factor_dims.items())
         for level in self.plan.levels:
             for comp in level.components:
-                for st in comp.steps:
-                    n += sum(size(dims) for dims in st.in_dims) + 2 * size(st.out_dims)
+                for st in comp.steps:   # a step summed over its plate as it goes holds no result at full size
+                    out = st.out_dims if st.plate_sum is None else st.out_dims[:-1]
+                    n += sum(size(dims) for dims in st.in_dims) + 2 * size(out)
                     if st.removed and st.layout is not None:
                         n += max(size(dims) for dims in st.in_dims)
-                if comp.chain:   # the chain's matrices, their exponentials and the tree's products, and
-                    # a tree step repaired by its broadcast sum (S times the matrices, kept for autograd)
-                    states = math.prod(sizes[c] for c, _, _ in comp.chain)
-                    n += (3 + (states if states * size(comp.out_dims) <= BROADCAST_MAX else 0)) * size(comp.out_dims)
+                if comp.chain:   # the chain's matrices, and the backward algorithm's exponentials of them
+                    n += 3 * size(comp.out_dims)
         return 2 * n * elem
 
 

@@ -90,30 +90,72 @@ def test_underflowing_einsum_step_still_falls_back():
     torch.testing.assert_close(ga[0], torch.tensor([0.5, 0.5]), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("broadcast_max", [0, 1 << 27])   # repaired entry by entry, or by the broadcast sum
-def test_chain_product_of_spread_matrices_is_exact_with_finite_gradients(monkeypatch, broadcast_max):
+@pytest.mark.parametrize("init", [False, True])
+def test_chain_of_spread_matrices_is_exact_with_finite_gradients(init):
     """A time series' K x K matrices from particles spread far apart (log densities down to
-    -5000): their products underflow even in float64, widely, and some entries come out
-    subnormal (whose log's gradient overflowed to inf and gave NaN through the einsum).
-    The log-space product must equal the float64 logsumexp of the broadcast sum, and its
-    gradient (the path posteriors, each at most 1) must match that one's."""
+    -5000, where products of exponentials underflow even in float64): the sum over paths
+    must equal the float64 logsumexp recursion, and its gradient (the path posteriors,
+    each at most 1) must match that one's, with and without an init K-dim kept."""
     from engine import contract
-    monkeypatch.setattr(contract, "BROADCAST_MAX", broadcast_max)
+    from engine.named import Named
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 3, 8, generator=gen, dtype=torch.float64) * 10   # (T, batch, K) particle values
+    x = torch.randn(7, 3, 8, generator=gen, dtype=torch.float64) * 10   # (T + 1, batch, K) particle values
     M = -0.5 * ((x[1:, :, :, None] - x[:-1, :, None, :]) / 0.2) ** 2   # M_t[i, j]: from j at t-1 to i at t
     M = M.float().requires_grad_(True)
-    got = contract.chain_product(M)
+    chain = (("K:x", "K:x~prev", "K:x0" if init else None),)
+    res = Named(M, ("t", "b", "K:x", "K:x~prev"))
+    got = contract.chain_logsumexp(res, chain, "t")
     exact = M.detach().double().requires_grad_(True)
-    P = exact[0]
+    a = exact[0] if init else exact[0][..., :1]                        # (b, i, init or 1)
     for t in range(1, exact.shape[0]):
-        P = torch.logsumexp(exact[t][:, :, :, None] + P[:, None, :, :], 2)
-    assert float(M.detach().min()) < -5000
-    torch.testing.assert_close(got.double(), P, rtol=1e-5, atol=1e-3)
-    g, = torch.autograd.grad(got.sum(), M)
-    want, = torch.autograd.grad(P.sum(), exact)
+        a = torch.logsumexp(exact[t][:, :, :, None] + a[:, None, :, :], 2)
+    want = torch.logsumexp(a, 1) if init else torch.logsumexp(a[..., 0], 1)
+    assert float(M.detach().min()) < -5000 and got.dims == (("b", "K:x0") if init else ("b",))
+    torch.testing.assert_close(got.t.double(), want, rtol=1e-6, atol=1e-3)
+    w = torch.rand(want.shape, generator=gen, dtype=torch.float64)
+    g, = torch.autograd.grad((got.t * w).sum(), M)
+    ref, = torch.autograd.grad((want * w).sum(), exact)
     assert torch.isfinite(g).all()
-    torch.testing.assert_close(g.double(), want, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(g.double(), ref, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("values,scale,dead", [
+    (2, 1.0, False), (2, 60.0, False),     # two values: the softplus form, with terms past exp's range
+    (2, 3.0, True), (3, 60.0, True),       # -inf terms (a value ruled out; a slice with no value), three values
+])
+@pytest.mark.parametrize("block", [1 << 18, 5])   # one block, many (partial ones at the ends)
+def test_a_step_summed_over_its_plate_as_it_goes_is_exact(monkeypatch, values, scale, dead, block):
+    """A short summed dim (an enumerated latent's values) whose step is used only summed
+    over its plate: log_matmul's plate sum, in blocks, against the step held whole and
+    summed, values and gradients, in float64; -inf where every term is -inf, gradient 0 there."""
+    from engine import contract
+    from engine.named import Named
+    monkeypatch.setattr(contract._LogMatmul, "BLOCK", block)
+    sizes = {"a": 3, "b": 4, "c": 2, "z": values, "sp": 3, "site": 7}
+    da, db, out = ("a", "z", "sp", "site"), ("b", "c", "z", "sp", "site"), ("a", "b", "c", "sp", "site")
+    gen = torch.Generator().manual_seed(1)
+    ta = torch.randn([sizes[d] for d in da], generator=gen, dtype=torch.float64) * scale
+    tb = torch.randn([sizes[d] for d in db], generator=gen, dtype=torch.float64) * scale
+    if dead:
+        tb[0, 0, 0] = -math.inf               # one value ruled out for some particles
+        tb[1, 1, :, 0] = -math.inf            # every value: that entry's sum is -inf
+    ta.requires_grad_(), tb.requires_grad_()
+    layout = contract.summed_step_layout((da, db), ("z",), out, "site", sizes)
+    step = contract.Step((0, 1), (da, db), ("z",), out, "azpq,bczpq->abcpq", layout)
+    ins = [Named(ta, da), Named(tb, db)]
+    got = contract.logspace_einsum(ins, step).plate_sum("site")
+    want = torch.logsumexp(ta[:, None, None] + tb[None], 3).sum(-1)   # (a, b, c, z, sp, site) -> (a, b, c, sp)
+    assert got.shape == want.shape and torch.equal(torch.isinf(got), torch.isinf(want))
+    fin = torch.isfinite(want)
+    assert bool((~fin).any()) == dead
+    torch.testing.assert_close(got[fin], want[fin], rtol=1e-12, atol=1e-10)
+    w = torch.rand(want.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((got.masked_fill(~fin, 0) * w).sum(), (ta, tb))
+    terms = (ta[:, None, None] + tb[None]).detach()
+    soft = torch.nan_to_num(torch.softmax(terms, 3)) * w.masked_fill(~fin, 0)[:, :, :, None, :, None]
+    for x, y in zip(grads, (soft.sum((1, 2)), soft.sum(0))):   # softmax over the values, 0 on a slice with none
+        assert torch.isfinite(x).all()
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
 
 
 def test_allocator_is_tuned_when_the_first_program_is_built(monkeypatch):

@@ -376,7 +376,7 @@ def bench_paper(cfg: Config) -> dict:
     against the engine's MP VI, interleaved in this process."""
     import os
     from .paper import PAPER_SECONDS
-    rows, worst, verdicts = [], None, []
+    rows = []
     for name in cfg.paper_models:
         kwargs = (cfg.paper_sizes or {}).get(name, {})
         for K in cfg.paper_K:
@@ -399,8 +399,8 @@ def bench_paper(cfg: Config) -> dict:
                     row["ratio"] = row["ms"] / row["paper_ms"]
                     row["cpu_ratio"] = row["cpu_ms"] / row["paper_ms"]
                     row["ok"] = row["ratio"] <= 10
-                    worst = row["ratio"] if worst is None else max(worst, row["ratio"])
                 rows.append(row)
+    verdicts, worst = [], paper_verdict(rows)
     notes = _paper_pyro(cfg, rows)
     targets = {("occupancy", 30): 3000, ("radon", 30): 1000}
     for (name, K), limit in targets.items():
@@ -409,9 +409,6 @@ def bench_paper(cfg: Config) -> dict:
         if hit:
             verdicts.append(f"{name} K={K} QEM {hit['ms'] / 1e3:.2f} s ({'under' if hit['ms'] < limit else 'NOT under'} "
                             f"{limit / 1e3:g} s)")
-    if worst is not None:
-        verdicts.append(f"worst QEM ratio to the paper's GPU {worst:.1f}x ({'within' if worst <= 10 else 'NOT within'} "
-                        f"10x)")
     return {"name": "paper", "title": "10. The QEM paper's models (time per iteration against its RTX 3090)",
             "description": "Bus breakdown (3 years x 3 boroughs x 30 IDs, Binomial(131) delays, 40 companies and 10 run "
                            "types one-hot), radon as in the paper's current code (4 states x 150 zip codes; per state a "
@@ -425,9 +422,9 @@ def bench_paper(cfg: Config) -> dict:
                            "starting Q, then the median of the timed ones; torch on one thread. Paper: seconds per QEM "
                            "iteration on an RTX 3090 (its figure 3; issue 14 gives one radon figure, compared at K=30). "
                            "load: the 1-minute load average before / after the row (2 cores, shared). VI is not run on "
-                           "occupancy_sampled (z is discrete). Memory budget 4 GiB (occupancy at K=30 runs its sites "
-                           "in chunks). Covid's iterations get faster as Q tightens (its chain products underflow "
-                           "less): the figure is from the first iterations.",
+                           "occupancy_sampled (z is discrete). Memory budget 4 GiB (occupancy_sampled at K=30 runs its "
+                           "species in chunks: its z factor alone holds 3.9e8 entries; enumerated, the site step is "
+                           "summed over the sites as it goes and nothing is chunked).",
             "columns": [("model", "model"), ("K", "K"), ("method", "method"), ("ms", "ms / iteration"),
                         ("spread_ms", "±"), ("cpu_ms", "CPU ms"), ("paper_ms", "paper GPU ms"),
                         ("ratio", "engine / paper"), ("cpu_ratio", "CPU ms / paper"), ("ok", "within 10x"),
@@ -437,7 +434,20 @@ def bench_paper(cfg: Config) -> dict:
             "rows": rows, "notes": notes,
             "target": "occupancy under 3 s per QEM iteration at K=30, the 4x150 radon under 1 s, every paper model "
                       "within 10x of the paper's GPU figure",
-            "verdict": "; ".join(verdicts) or "n/a"}
+            "verdict": "; ".join(verdicts + ([worst] if worst else [])) or "n/a"}
+
+
+def paper_verdict(rows: list) -> str:
+    """The worst QEM ratio to the paper's GPU over the models as the engine runs them
+    (occupancy's z enumerated), and apart from it occupancy with z sampled as the paper does."""
+    out = []
+    for label, pick in (("", lambda n: n != "occupancy_sampled"), (" with z sampled", lambda n: n == "occupancy_sampled")):
+        ratios = [(r["ratio"], r["model"], r["K"]) for r in rows if "ratio" in r and pick(r["model"])]
+        if ratios:
+            worst, name, K = max(ratios)
+            out.append(f"worst QEM ratio to the paper's GPU{label} {worst:.1f}x ({name} K={K}; "
+                       f"{'within' if worst <= 10 else 'NOT within'} 10x)")
+    return "; ".join(out)
 
 
 def _paper_pyro(cfg: Config, rows: list) -> list[str]:

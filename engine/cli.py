@@ -52,7 +52,8 @@ def info(args) -> int:
             f"largest intermediate {comp['largest_intermediate']:.3g} elements")
         for i, st in enumerate(comp["steps"]):
             out(f"      step {i + 1}: {st['equation']}  sums out {', '.join(st['sums_out']) or '-'} -> "
-                f"{st['output_elements']:.3g} elements")
+                f"{st['output_elements']:.3g} elements" +
+                (f", summed over {st['summed_over']!r} as it goes" if st["summed_over"] else ""))
         if "chain" in comp:
             c = comp["chain"]
             out(f"      then the {c['description']} ({c['depth']} sequential steps)")

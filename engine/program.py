@@ -868,7 +868,7 @@ class Program:
         for level in self.plan.levels:
             for comp in level.components:
                 for st in comp.steps:   # a step summed over its plate as it goes holds no result at full size
-                    out = st.out_dims if st.plate_sum is None else st.out_dims[:-1]
+                    out = st.out_dims if st.plate_sum is None else tuple(d for d in st.out_dims if d != level.plate)
                     n += sum(size(dims) for dims in st.in_dims) + 2 * size(out)
                     if st.removed and st.layout is not None:
                         n += max(size(dims) for dims in st.in_dims)

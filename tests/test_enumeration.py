@@ -124,3 +124,27 @@ def test_the_enumerate_field():
     cat.add_node("w", "latent", "Dirichlet", {"concentration": [1.0, 1.0, 1.0]})
     cat.add_node("c", "latent", "Categorical", {"probs": "w"}, plate="n")
     assert cat.compile(5).enum == {"c": 3}                # its number of categories from a dry run
+
+
+def test_a_site_step_summed_as_it_goes_matches_the_step_held_whole(monkeypatch):
+    """Occupancy's z (enumerated) summed per site with its detections, the sites summed as
+    it goes (log_matmul, never holding the (alpha, beta, year) x sites result) against the
+    same plan with that step held whole: the same log P_MP and every latent's weights."""
+    from benchmarks.paper import occupancy
+    from engine import contract
+    model = occupancy(species=2, years=3, sites=40, replicates=3, seed=1)
+
+    def run():
+        prog = model.compile(5, dtype="float64", device="cpu")
+        s = prog.sample(0)
+        return prog, s.log_marginal(), {n: s.marginal_weights(n) for n in prog.latents}
+    prog, log_p, weights = run()
+    summed = [st["summed_over"] for d in prog.plan.describe() for st in d["steps"] if st["summed_over"]]
+    assert summed == ["sites"]
+    monkeypatch.setattr(contract, "summed_step_layout", lambda *a: None)
+    whole, log_p_whole, weights_whole = run()
+    assert not any(st["summed_over"] for d in whole.plan.describe() for st in d["steps"])
+    assert whole.memory_estimate() > prog.memory_estimate()
+    assert log_p == pytest.approx(log_p_whole, rel=0, abs=1e-9)
+    for n in weights:
+        torch.testing.assert_close(weights[n], weights_whole[n], rtol=1e-9, atol=1e-12)

@@ -621,15 +621,16 @@ class _LogMatmul(torch.autograd.Function):
     sigmoid(x1 - x0). Otherwise (more values, or -inf terms: a value the data rule out)
     a logsumexp of the block's terms, and its softmax for the gradient."""
 
-    BLOCK = 1 << 18   # terms per block
+    BLOCK = 1 << 18   # terms per block on a CPU: 1 MB of float32, in cache
+    GPU_BLOCK = 1 << 24   # on a GPU: few enough blocks that kernel launches do not dominate
 
     @staticmethod
-    def _blocks(N, per_row, Q, S):
+    def _blocks(N, per_row, Q, S, device):
         """(rows, q's) of a block of about BLOCK terms, rows of B first (the sums over
         them then stay within a block), and every block's (n, q) ranges."""
-        per = per_row * S
-        nb = max(1, min(N, _LogMatmul.BLOCK // per))
-        qb = max(1, min(Q, _LogMatmul.BLOCK // (per * nb)))
+        per, block = per_row * S, _LogMatmul.BLOCK if device.type == "cpu" else _LogMatmul.GPU_BLOCK
+        nb = max(1, min(N, block // per))
+        qb = max(1, min(Q, block // (per * nb)))
         return nb, qb, [(n, min(n + nb, N), q, min(q + qb, Q)) for q in range(0, Q, qb) for n in range(0, N, nb)]
 
     @staticmethod
@@ -642,7 +643,7 @@ class _LogMatmul(torch.autograd.Function):
             dA, dB = A[:, 1] - A[:, 0], B[:, 1] - B[:, 0]                    # (M, Q, S), (N, Q, S)
             hi, lo = float(dA.amax() + dB.amax()), float(dA.amin() + dB.amin())
             ctx.fast = math.isfinite(hi) and math.isfinite(lo)   # NaN or inf: some term is -inf
-        nb, qb, blocks = _LogMatmul._blocks(N, M * (1 if ctx.fast else K), Q, S)
+        nb, qb, blocks = _LogMatmul._blocks(N, M * (1 if ctx.fast else K), Q, S, A.device)
         buf = A.new_empty(nb * M * qb * S * (1 if ctx.fast else K))
         if ctx.fast:
             ctx.save_for_backward(dA, dB)
@@ -672,7 +673,7 @@ class _LogMatmul(torch.autograd.Function):
             S = dA.shape[-1]
             gA, gB = dA.new_empty((M, 2, Q, S)), dB.new_empty((N, 2, Q, S))
             gdA = gA[:, 1].zero_()
-            nb, qb, blocks = _LogMatmul._blocks(N, M, Q, S)
+            nb, qb, blocks = _LogMatmul._blocks(N, M, Q, S, dA.device)
             buf = dA.new_empty(nb * M * qb * S)
             low = _EXP_LOW.get(dA.dtype, -87.0)
             for n0, n1, q0, q1 in blocks:
@@ -688,7 +689,7 @@ class _LogMatmul(torch.autograd.Function):
         A, B = ctx.saved_tensors
         K, S = A.shape[1], A.shape[-1]
         gA, gB = torch.zeros_like(A), torch.empty_like(B)
-        for n0, n1, q0, q1 in _LogMatmul._blocks(N, M * K, Q, S)[2]:
+        for n0, n1, q0, q1 in _LogMatmul._blocks(N, M * K, Q, S, A.device)[2]:
             x = B[n0:n1, None, :, q0:q1] + A[None, :, :, q0:q1]
             _, e, s = _shifted_exp(x, (2,), out=x)
             w = _softmax_grad(e, s, g[n0:n1, :, None, q0:q1, None])

@@ -867,9 +867,13 @@ class Program:
                 for name, dims in self.factor_dims.items())
         for level in self.plan.levels:
             for comp in level.components:
-                for st in comp.steps:   # a step summed over its plate as it goes holds no result at full size
-                    out = st.out_dims if st.plate_sum is None else tuple(d for d in st.out_dims if d != level.plate)
-                    n += sum(size(dims) for dims in st.in_dims) + 2 * size(out)
+                for st in comp.steps:
+                    n += sum(size(dims) for dims in st.in_dims)
+                    if st.plate_sum is None:
+                        n += 2 * size(st.out_dims)
+                    else:   # summed over its plate as it goes: the sum, and half of each operand kept (dA, dB)
+                        n += 2 * size(tuple(d for d in st.out_dims if d != level.plate)) + \
+                            sum(size(dims) for dims in st.in_dims) // 2
                     if st.removed and st.layout is not None:
                         n += max(size(dims) for dims in st.in_dims)
                 if comp.chain:   # the chain's matrices, and the backward algorithm's exponentials of them

@@ -599,9 +599,9 @@ def summed_step_layout(in_dims, removed, out_dims, plate, sizes):
     """matmul_layout of a step whose result is used only summed over `plate`, where its
     summed dims are short (at most _OUTER_K values together: an enumerated Bernoulli or
     small Categorical, or K <= 4 particles): taken as it goes (`log_matmul`), its terms
-    cost no more than the result would, and the result is never held. Else None, and
-    where one operand holds every dim (the result is no larger than it, and one fused
-    logsumexp takes it: small models at K=3 ran 15% slower the other way)."""
+    cost no more than the result would, and the result is never held. Else None; None
+    too where one operand holds every dim (the result is no larger than that operand,
+    and one fused logsumexp takes it: small models at K=3 ran 15% slower the other way)."""
     if not removed or math.prod(sizes[d] for d in removed) > _OUTER_K or \
             broadcast_layout(in_dims, removed, out_dims) is not None:
         return None

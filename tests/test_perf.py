@@ -120,7 +120,7 @@ def test_chain_of_spread_matrices_is_exact_with_finite_gradients(init):
 
 
 @pytest.mark.parametrize("values,scale,dead", [
-    (2, 1.0, False), (2, 60.0, False),     # two values: the softplus form, with terms past exp's range
+    (2, 1.0, False), (2, 300.0, False),    # two values: the softplus form, then with terms past exp's range
     (2, 3.0, True), (3, 60.0, True),       # -inf terms (a value ruled out; a slice with no value), three values
 ])
 @pytest.mark.parametrize("block", [1 << 18, 5])   # one block, many (partial ones at the ends)
@@ -185,9 +185,13 @@ def test_allocator_is_tuned_when_the_first_program_is_built(monkeypatch):
     # a two-valued (enumerated) index summed: multiply-adds instead of a matrix product
     (("b", "d", "c", "p", "q"), ("a", "c", "p", "q"), ("c",), ("a", "b", "d", "p", "q")),
 ])
-def test_plate_einsum_is_einsum(case):
+@pytest.mark.parametrize("chunk", [None, 5])   # the plate in one chunk, or in many (a partial one at the end)
+def test_plate_einsum_is_einsum(monkeypatch, case, chunk):
     """The batched matmul over innermost plates gives torch.einsum's values and gradients."""
+    from engine import contract
     from engine.contract import _plate_einsum
+    if chunk:
+        monkeypatch.setattr(contract._PlateBmm, "_chunk", staticmethod(lambda *blocks: chunk))
     da, db, removed, out = case
     size = {"a": 3, "b": 4, "c": 2, "d": 5, "e": 3, "p": 7, "q": 11}
     g = torch.Generator().manual_seed(5)

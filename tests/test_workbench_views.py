@@ -107,6 +107,7 @@ def test_einsum_table_matches_the_plan():
             assert row["result elements"] == st["output_elements"]
             assert row["result bytes"] == st["output_elements"] * 4       # float32
             assert row["sums out"] == ", ".join(st["sums_out"])
+            assert row["summed as it goes"] == (st["summed_over"] or "")
     for d, row in zip(path, summary.to_dict("records")):
         assert row["naive flops"] == d["naive_flops"] and row["optimized flops"] == d["optimized_flops"]
         assert row["largest intermediate"] == d["largest_intermediate"]

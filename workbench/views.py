@@ -345,7 +345,8 @@ def _pretty(name: str) -> str:
 def einsum_table(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
     """One row per contraction step, plate levels innermost first, in execution order:
     operands (factor names, `Σplate` for an inner plate's result, `tN` for an earlier
-    step's result), index string, FLOPs of the step, and the size of its result."""
+    step's result), index string, FLOPs of the step, the plate it is summed over as it
+    goes (its result then never held whole), and the size of what it holds."""
     desc, prog = _plan_parts(obj)
     if bytes_per_element is None:
         bytes_per_element = (prog.dtype.itemsize if prog is not None else 4)
@@ -355,7 +356,7 @@ def einsum_table(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
         work = [_pretty(f) for f in d["factors"]]
         if not d["steps"]:
             rows.append({"plate": d["plate"], "step": "-", "operands": " , ".join(work), "equation": d["equation"],
-                         "indices": "", "sums out": "", "flops": d["optimized_flops"],
+                         "indices": "", "sums out": "", "flops": d["optimized_flops"], "summed as it goes": "",
                          "result elements": d["largest_intermediate"],
                          "result bytes": d["largest_intermediate"] * bytes_per_element})
             continue
@@ -376,11 +377,11 @@ def einsum_table(obj, bytes_per_element: int | None = None) -> pd.DataFrame:
                 indices = " ".join(f"{k}={v}({prog.sizes[v]})" for k, v in sorted(letters.items()))
             rows.append({"plate": d["plate"], "step": f"t{t}", "operands": " , ".join(ins),
                          "equation": st["equation"], "indices": indices, "sums out": ", ".join(st["sums_out"]),
-                         "flops": flops,
+                         "flops": flops, "summed as it goes": st.get("summed_over") or "",
                          "result elements": st["output_elements"],
                          "result bytes": st["output_elements"] * bytes_per_element})
     return pd.DataFrame(rows, columns=["plate", "step", "operands", "equation", "indices", "sums out", "flops",
-                                       "result elements", "result bytes"])
+                                       "summed as it goes", "result elements", "result bytes"])
 
 
 def einsum_summary(obj, bytes_per_element: int | None = None) -> pd.DataFrame:

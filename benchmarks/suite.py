@@ -174,8 +174,6 @@ def bench_pyro(cfg: Config) -> dict:
         with torch.no_grad():   # the same estimator: mean log P over fresh draws, same Q
             pl = [float(p.log_p()) for _ in range(cfg.agreement_draws)]
             el = [f.program.sample(1000 + i).log_marginal() for i in range(cfg.agreement_draws)]
-        n = cfg.agreement_draws
-        se = math.sqrt((statistics.pvariance(pl) + statistics.pvariance(el)) / max(1, n - 1)) if n > 1 else math.nan
         ts = time_interleaved({"engine": f.step, "pyro": p.step}, cfg.warmup, cfg.repeats, cfg.device)
         e, py = median_ms(ts["engine"]["wall"]), median_ms(ts["pyro"]["wall"])
         worst = min(worst, py / e)
@@ -183,7 +181,7 @@ def bench_pyro(cfg: Config) -> dict:
                      "pyro_spread_ms": spread_ms(ts["pyro"]["wall"]), "ratio": py / e, "ok": py / e >= 3,
                      "cpu_ratio": median_ms(ts["pyro"]["cpu"]) / median_ms(ts["engine"]["cpu"]),
                      "logp_engine_mean": statistics.mean(el), "logp_pyro_mean": statistics.mean(pl),
-                     "z": (statistics.mean(el) - statistics.mean(pl)) / se if se and se > 0 else None})
+                     "z": _agreement_z(el, pl)})
     return {**sec,
             "description": f"Time per VI step (estimate, backward, Adam) on the model of section 1, pyro-ppl "
                            f"{why}, same independent Normal guide, K samples per latent "
@@ -429,7 +427,8 @@ def bench_paper(cfg: Config) -> dict:
                         ("spread_ms", "±"), ("cpu_ms", "CPU ms"), ("paper_ms", "paper GPU ms"),
                         ("ratio", "engine / paper"), ("cpu_ratio", "CPU ms / paper"), ("ok", "within 10x"),
                         ("iter_mib", "iteration MiB"), ("split", "chunked"), ("pyro_ms", "Pyro TMC ms"),
-                        ("pyro_ratio", "Pyro / engine"), ("logp", "mean log P engine / Pyro"), ("load", "load"),
+                        ("pyro_ratio", "Pyro / engine"), ("logp", "mean log P ± SE engine / Pyro"),
+                        ("logp_z", "difference in SEs"), ("load", "load"),
                         ("error", "error")],
             "rows": rows, "notes": notes,
             "target": "occupancy under 3 s per QEM iteration at K=30, the 4x150 radon under 1 s, every paper model "
@@ -490,8 +489,20 @@ def _paper_pyro(cfg: Config, rows: list) -> list[str]:
             rows.append({**row, "ms": e, "spread_ms": spread_ms(ts["engine"]["wall"]),
                          "cpu_ms": median_ms(ts["engine"]["cpu"]), "pyro_ms": py,
                          "pyro_ratio": py / e, "load": f"{load:.1f} / {os.getloadavg()[0]:.1f}",
-                         "logp": f"{statistics.mean(el):.1f} / {statistics.mean(pl):.1f}"})
+                         "logp": f"{statistics.mean(el):.1f} ± {_se(el):.1f} / {statistics.mean(pl):.1f} ± {_se(pl):.1f}",
+                         "logp_z": _agreement_z(el, pl)})
     return notes
+
+
+def _se(xs: list[float]) -> float:
+    """The standard error of the mean of xs."""
+    return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else math.nan
+
+
+def _agreement_z(el: list[float], pl: list[float]) -> float | None:
+    """The difference of two means of independent draws of one estimator, in standard errors."""
+    se = math.hypot(_se(el), _se(pl))
+    return (statistics.mean(el) - statistics.mean(pl)) / se if se > 0 else None
 
 
 BENCHMARKS = {"handwritten": bench_handwritten, "pyro": bench_pyro, "blowup": bench_blowup,

@@ -525,31 +525,26 @@ def _plate_einsum(ts, dims, removed, out_dims, min_batch: int = 256):
     every later pass strides across memory: 138 s of an occupancy iteration at K=30
     went there (a copy per matrix, elementwise passes at 90 ns an entry). Below
     `min_batch` plate elements torch's way costs less (radon's 85 counties: 0.9x)."""
-    if len(ts) != 2:
+    layout = matmul_layout(tuple(dims), removed, out_dims) if len(ts) == 2 else None
+    if layout is None:
         return None
-    (a, b), (da, db) = ts, dims
-    n = 0
-    while n < min(len(da), len(db), len(out_dims)) and da[len(da) - 1 - n] == db[len(db) - 1 - n] == \
-            out_dims[len(out_dims) - 1 - n]:
-        n += 1
-    batch = da[len(da) - n:]
-    if not n or not all(r in da and r in db for r in removed) or math.prod(a.shape[len(da) - n:]) < min_batch:
-        return None
-    fa = [d for d in da[:len(da) - n] if d not in removed]
-    fb = [d for d in db[:len(db) - n] if d not in removed]
-    if sorted(fa + fb) != sorted(out_dims[:len(out_dims) - n]) or set(fa) & set(fb):
-        return None
+    (pa, pb, fa, fb, batch), (a, b), (da, db) = layout, ts, dims
+    n = len(batch)
+    if not n or da[len(da) - n:] != batch or db[len(db) - n:] != batch or out_dims[len(out_dims) - n:] != batch:
+        return None   # the shared dims not innermost in memory
     size = dict(zip(da, a.shape)) | dict(zip(db, b.shape))
-    P = math.prod(size[d] for d in batch)
-
-    def matrix(t, ds, free):   # (free, removed, batch) -> [rows, contracted, P], the batch kept innermost
-        order = [ds.index(d) for d in (*free, *removed, *batch)]
-        t = t.permute(order) if order != sorted(order) else t
-        return t.reshape(math.prod(size[d] for d in free), math.prod(size[d] for d in removed), P)
-    out = _PlateBmm.apply(matrix(a, da, fa), matrix(b, db, fb))          # [rows of b, rows of a, P]
-    out = out.reshape([size[d] for d in (*fb, *fa, *batch)])
+    P, K = math.prod(size[d] for d in batch), math.prod(size[d] for d in removed)
+    if P < min_batch:
+        return None
+    rows = lambda free: math.prod(size[d] for d in free)
+    out = _PlateBmm.apply(_as_matrix(a, pa, (rows(fa), K, P)), _as_matrix(b, pb, (rows(fb), K, P)))   # [b, a, P]
     have = (*fb, *fa, *batch)
-    return out.permute([have.index(d) for d in out_dims])
+    return out.reshape([size[d] for d in have]).permute([have.index(d) for d in out_dims])
+
+
+def _as_matrix(t: torch.Tensor, order, shape) -> torch.Tensor:
+    """t permuted by `order` (left as it is where that is the identity), reshaped."""
+    return (t.permute(order) if tuple(order) != tuple(sorted(order)) else t).reshape(shape)
 
 
 _OUTER_K = 4   # a contraction this short is done as multiply-adds over the plate, not a matrix product
@@ -583,10 +578,9 @@ def log_matmul(ins: list[Named], removed, out_dims, layout, plate=None) -> torch
     size = a.sizes | b.sizes
     Q = math.prod(size[d] for d in batch)
 
-    def operand(x, order, free):   # (own, summed, batch, plate or 1)
-        t = x.t.permute(order) if order != tuple(sorted(order)) else x.t
-        return t.reshape(math.prod(size[d] for d in free), math.prod(size[d] for d in removed), Q, -1)
-    A, B = operand(a, pa, fa), operand(b, pb, fb)
+    K = math.prod(size[d] for d in removed)
+    rows = lambda free: math.prod(size[d] for d in free)
+    A, B = _as_matrix(a.t, pa, (rows(fa), K, Q, -1)), _as_matrix(b.t, pb, (rows(fb), K, Q, -1))   # plate or 1 last
     if A.shape[0] > B.shape[0]:   # the operand with fewer rows whole in every block
         (A, fa), (B, fb) = (B, fb), (A, fa)
     out = _LogMatmul.apply(A, B)                                       # (rows of B, rows of A, Q)

@@ -44,9 +44,9 @@ from .errors import ModelError
 from .model import PREV, Model, _data_array, _nan_to_nulls
 from .named import Named
 from .program import Program, default_budget, human_bytes
+from .result import KHAT_LIMIT, _warning
 
 DRAWS = "_draws"   # the conditional model's plate of posterior draws (renamed where the model uses the name)
-KHAT_LIMIT = 0.7   # Pareto k-hat of the draws' densities above this: the estimate rests on a few of them
 
 
 @dataclass
@@ -145,12 +145,14 @@ def predict(result, data: dict | None = None, draws: int = 1000, seed: int = 0, 
         for c, lo in enumerate(range(0, draws, chunk)):
             hi = min(draws, lo + chunk)
             p = probe if (lo, hi) == (0, 1) else _program(layout, post, slice(lo, hi), particles, prog)
-            values = p._draw((seed * 1_000_003 + 7_919 * (c + 1) + 4_242) % (2 ** 62), reparam=False)
+            chunk_seed = (seed * 1_000_003 + 7_919 * (c + 1) + 4_242) % (2 ** 62)
+            values = p._draw(chunk_seed, reparam=False)
             total = p.contract(values)[0]
             log_p.append(np.zeros(hi - lo) if total is None else
                          total.double().cpu().numpy().reshape(hi - lo))
-            for y in layout.observed:
-                x, lp = _replicate(p, y, values)
+            for i, y in enumerate(layout.observed):
+                with p.seeded((chunk_seed + 104_729 * (i + 1)) % (2 ** 62)):   # the replicates from the seed too
+                    x, lp = _replicate(p, y, values)
                 pp[y].append(x)
                 pw[y].append(lp)
     ell = np.concatenate(log_p)
@@ -160,11 +162,11 @@ def predict(result, data: dict | None = None, draws: int = 1000, seed: int = 0, 
     khat = pareto_khat(ell) if np.ptp(ell) > 1e-9 else -math.inf   # all draws alike: nothing heavy-tailed
     warnings = []
     if khat > KHAT_LIMIT:
-        warnings.append({"kind": "pareto_k", "latents": [], "message": (
+        warnings.append(_warning("pareto_k", [], (
             f"the predictive log-likelihood rests on a few of the {draws} posterior draws (Pareto k-hat of their "
             f"densities {khat:.2f}, above {KHAT_LIMIT}), so its MCSE is unreliable. New observations of training "
             f"groups do this: their density is averaged over joint posterior draws. Try: more draws, or fewer "
-            f"such observations per prediction.")})
+            f"such observations per prediction.")))
     return Prediction(estimate, mcse, layout.n_observed, int(draws), int(particles), int(seed), dict(layout.sizes),
                       dict(layout.grown), {y: model.chain(model.node(y).plate) for y in layout.observed}, pp, pw,
                       {y: layout.arrays[y] for y in layout.observed}, ell, float(khat), warnings)

@@ -10,6 +10,7 @@ parents' particles (a logmeanexp over their K-dims of the very same log-prob ten
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -497,16 +498,8 @@ class Program:
     def _draw(self, seed: int, reparam: bool) -> dict[str, Named]:
         """Sample every latent (K particles each), observed nodes take their data."""
         values: dict[str, Named] = {}
-        # Seed only the generator this program draws from, and give it back its state after:
-        # torch.manual_seed also queues lazy seeds for CUDA/XPU/MTIA, each capturing a Python
-        # traceback (~0.3 ms per iteration on a CPU-only machine), and fork_rng copies every
-        # device's state. The same streams, bit for bit.
-        gen = torch.default_generator if self.device.type != "cuda" else torch.cuda.default_generators[
-            self.device.index if self.device.index is not None else torch.cuda.current_device()]
-        state = gen.get_state()
-        gen.manual_seed(seed)
         ranges = []   # (node, argument, whether in range): looked at once, after every latent is drawn
-        try:
+        with self.seeded(seed):
             for node in self.nodes:
                 name = node.name
                 if node.kind == "observed":
@@ -534,9 +527,22 @@ class Program:
                 src = node.args.get(a)
                 raise ModelError(f"{node.where(a)}: {range_error(self.specs[node.name], a, t)} for some particles"
                                  + (f" (from {src!r})" if isinstance(src, str) else ""))
+        return values
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int):
+        """Draws inside from `seed`: only the generator this program draws from is seeded,
+        and it gets its state back after (torch.manual_seed also queues lazy seeds for
+        CUDA/XPU/MTIA, each capturing a Python traceback, ~0.3 ms per iteration on a CPU-only
+        machine, and fork_rng copies every device's state). The same streams, bit for bit."""
+        gen = torch.default_generator if self.device.type != "cuda" else torch.cuda.default_generators[
+            self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        state = gen.get_state()
+        gen.manual_seed(seed)
+        try:
+            yield
         finally:
             gen.set_state(state)
-        return values
 
     def _defends(self, q, name: str) -> bool:
         """Whether latent `name`'s particles come from the defensive mixture: not for a

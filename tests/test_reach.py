@@ -400,6 +400,9 @@ def test_prediction_of_the_same_groups_and_in_sample(fitted):
     assert np.array(doc["posterior_predictive"]["x"]["mean"]).shape == (10, 5)
     assert np.array(doc["log_likelihood"]["x"]["lppd"]).shape == (10, 5)
     json.dumps(doc, allow_nan=False)
+    again, other = r.predict(draws=50, seed=3), r.predict(draws=50, seed=4)   # replicates from the seed
+    assert np.array_equal(again.posterior_predictive["x"], r.predict(draws=50, seed=3).posterior_predictive["x"])
+    assert not np.array_equal(again.posterior_predictive["x"], other.posterior_predictive["x"])
 
 
 def test_prediction_refuses_what_it_cannot_do(fitted):

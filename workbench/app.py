@@ -92,9 +92,9 @@ class Workbench:
         self.ed = Edited(model, name)
         self._layouts = 0
         self.exact_arg = E.gaussian_hierarchy if exact is None else exact
+        self._exact_cache = (None, ({}, None))   # see _exact
         self.runs = RunController(slots, time_limit)
         self.jobs = Jobs(background)
-        self.background = background
         self._callback = None
         self._batching = False       # see _batch
         self._selected: list = []
@@ -660,20 +660,26 @@ class Workbench:
 
     # ---- views ------------------------------------------------------------------------------
     def exact(self) -> dict:
-        out = dict(self.model.extras.get("exact") or {})
-        if callable(self.exact_arg):
-            out.update(self.exact_arg(self.model) or {})
-        elif self.exact_arg:
-            out.update(self.exact_arg)
-        return out
+        """The exact answers for the model on screen, worked out once per edit (the ELBO view
+        asks for the reference on every poll, and a closed form solves a linear system)."""
+        return dict(self._exact()[0])
 
     def reference(self) -> float | None:
         """The exact log evidence, if the model has a closed form (an "@log_evidence" entry
         of the exact dict, else workbench.exact.log_evidence)."""
-        ex = self.exact()
-        if "@log_evidence" in ex:
-            return float(ex["@log_evidence"])
-        return E.log_evidence(self.model)
+        return self._exact()[1]
+
+    def _exact(self) -> tuple[dict, float | None]:
+        stamp = (self.ed.key, self.ed.version, id(self.model))
+        if self._exact_cache[0] != stamp:
+            out = dict(self.model.extras.get("exact") or {})
+            if callable(self.exact_arg):
+                out.update(self.exact_arg(self.model) or {})
+            elif self.exact_arg:
+                out.update(self.exact_arg)
+            ref = float(out["@log_evidence"]) if "@log_evidence" in out else E.log_evidence(self.model)
+            self._exact_cache = (stamp, (out, ref))
+        return self._exact_cache[1]
 
     def refresh_files(self):
         names = self.ws.names()

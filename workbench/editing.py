@@ -180,12 +180,11 @@ class Edited:
         self.pos = pos if pos is not None else layout_of(model)
         self.layouts = 0             # how often the canvas was laid out again (the view then refits)
         self.key = next(_keys)
-        self.version = 0
-        self.saved_version = 0 if name is not None else None
+        self.version = self.saved_version = 0
 
     @property
     def dirty(self) -> bool:
-        """Edited since it was opened or saved (a model with no file name always is, once edited)."""
+        """Edited since it was opened, loaded or saved."""
         return self.version != self.saved_version
 
     def saved(self, name: str) -> None:
